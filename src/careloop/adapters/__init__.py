@@ -1,0 +1,1 @@
+"""Adapters: the database, definition files, conditions and outbound clients."""

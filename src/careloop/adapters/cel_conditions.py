@@ -1,0 +1,103 @@
+"""CEL conditions (common-expression-language, Rust core), compiled once at load.
+
+The library has no static type checker, so references are checked against the case
+type's field schema here, and a trial evaluation on typed sample values catches
+operator/type mismatches before a definition can load.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import cel
+
+from careloop.domain.conditions import ConditionError
+
+_STRING_LITERAL = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+_CASE_REFERENCE = re.compile(r"\bcase((?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
+_VARIABLES = ("case", "actor")
+_SAMPLES: dict[str, Any] = {"string": "x", "list": ["x"], "int": 1, "double": 1.0, "bool": True}
+MAX_EXPRESSION_LENGTH = 2000
+
+
+class CelCondition:
+    def __init__(self, source: str, program: Any) -> None:
+        self.source = source
+        self._program = program
+
+    def evaluate(self, activation: Mapping[str, object]) -> bool:
+        try:
+            result = self._program.execute(dict(activation))
+        except Exception as error:  # the library raises KeyError, TypeError, ValueError...
+            raise ConditionError(f"{type(error).__name__}: {error}") from error
+        if not isinstance(result, bool):
+            raise ConditionError(f"condition returned {type(result).__name__}, not bool")
+        return result
+
+
+def compile_condition(expression: str, fields: Mapping[str, str]) -> CelCondition:
+    if len(expression) > MAX_EXPRESSION_LENGTH:
+        raise ConditionError(f"expression is longer than {MAX_EXPRESSION_LENGTH} characters")
+    try:
+        program = cel.compile(expression)
+    except (ValueError, RuntimeError) as error:
+        raise ConditionError(str(error).splitlines()[0]) from error
+    _check_variables(expression)
+    _check_references(expression, fields)
+    condition = CelCondition(expression, program)
+    _trial_evaluate(condition, fields)
+    return condition
+
+
+def _check_references(expression: str, fields: Mapping[str, str]) -> None:
+    code = _STRING_LITERAL.sub("''", expression)
+    prefixes = {path.rsplit(".", i)[0] for path in fields for i in range(path.count(".") + 1)}
+    for match in _CASE_REFERENCE.finditer(code):
+        path = match.group(1)[1:]
+        # A method call such as case.reason.startsWith(...) ends in a non-field name.
+        parts = path.split(".")
+        known = next((".".join(parts[:n]) for n in range(len(parts), 0, -1)
+                      if ".".join(parts[:n]) in prefixes), None)
+        if known is None:
+            raise ConditionError(f"unknown field 'case.{path}'")
+        if known != path and known not in fields:
+            raise ConditionError(f"unknown field 'case.{path}'")
+        rest = parts[len(known.split(".")):]
+        if rest and not _is_call(code, match.end(), rest):
+            raise ConditionError(f"unknown field 'case.{path}'")
+
+
+def _is_call(code: str, end: int, rest: list[str]) -> bool:
+    # Only the last segment may be a method (followed by '('); more segments are fields.
+    return len(rest) == 1 and code[end:].lstrip().startswith("(")
+
+
+def _trial_evaluate(condition: CelCondition, fields: Mapping[str, str]) -> None:
+    sample: dict[str, Any] = {}
+    for path, type_name in fields.items():
+        node = sample
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = _SAMPLES.get(type_name, "x")
+    try:
+        condition.evaluate({"case": sample, "actor": {"roles": ["x"], "username": "x"}})
+    except ConditionError as error:
+        if "No such overload" in str(error) or "not bool" in str(error):
+            raise ConditionError(f"type error: {str(error).split('.')[0]}") from error
+        # Other evaluation errors depend on data (e.g. missing keys in maps); allowed.
+
+
+_IDENTIFIER = re.compile(r"(?<![.\w])([A-Za-z_][A-Za-z0-9_]*)\b(?!\s*\()")
+_MACRO_BINDING = re.compile(r"\.(?:all|exists|exists_one|map|filter)\(\s*([A-Za-z_]\w*)\s*,")
+_KEYWORDS = frozenset({"true", "false", "null", "in"})
+
+
+def _check_variables(expression: str) -> None:
+    code = _STRING_LITERAL.sub("''", expression)
+    bound = set(_MACRO_BINDING.findall(code))
+    for name in _IDENTIFIER.findall(code):
+        if name not in _VARIABLES and name not in bound and name not in _KEYWORDS:
+            raise ConditionError(f"unknown variable {name!r}; use 'case' or 'actor'")

@@ -1,0 +1,1 @@
+"""SQLAlchemy Core tables, the unit of work, repositories and Alembic migrations."""

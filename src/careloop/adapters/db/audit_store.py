@@ -1,0 +1,116 @@
+"""The hash-chained, append-only audit log in the database."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, select, update
+
+from careloop.adapters.db.tables import audit_heads, audit_log
+from careloop.domain.audit import (
+    GENESIS_HASH,
+    AuditEntry,
+    AuditRecord,
+    VerifyResult,
+    chain_entry,
+    verify_chain,
+)
+
+_INSERT = audit_log.insert()
+
+
+class AuditStore:
+    """Appends to one chain per transaction; chains are spread so writers rarely wait."""
+
+    def __init__(self, connection: Connection, chains: int) -> None:
+        self._connection = connection
+        self._chains = chains
+        self._chain: int | None = None
+
+    def append(self, record: AuditRecord) -> AuditEntry:
+        if self._chain is None:
+            # One chain per transaction: two transactions can never lock heads in
+            # opposite orders, so appends cannot deadlock.
+            self._chain = random.randrange(self._chains)  # noqa: S311 - load spreading only
+        chain = self._chain
+        head = self._connection.execute(
+            select(audit_heads.c.seq, audit_heads.c.hash)
+            .where(audit_heads.c.chain == chain).with_for_update()
+        ).first()
+        prev_seq, prev_hash = (head.seq, head.hash) if head else (0, GENESIS_HASH)
+        entry = chain_entry(chain, prev_seq, prev_hash, record)
+        self._connection.execute(_INSERT, _row(entry))
+        if head is None:
+            self._connection.execute(
+                audit_heads.insert(), {"chain": chain, "seq": entry.seq, "hash": entry.hash}
+            )
+        else:
+            self._connection.execute(
+                update(audit_heads).where(audit_heads.c.chain == chain)
+                .values(seq=entry.seq, hash=entry.hash)
+            )
+        return entry
+
+    def for_case(self, case_id: int) -> list[dict[str, Any]]:
+        rows = self._connection.execute(
+            select(audit_log).where(audit_log.c.case_id == case_id)
+            .order_by(audit_log.c.occurred_at, audit_log.c.chain, audit_log.c.seq)
+        ).mappings()
+        return [_public(dict(r)) for r in rows]
+
+
+def _row(entry: AuditEntry) -> dict[str, Any]:
+    record = entry.record
+    return {
+        "chain": entry.chain, "seq": entry.seq, "occurred_at": record.occurred_at,
+        "actor_id": record.actor_id, "actor_name": record.actor_name, "action": record.action,
+        "outcome": record.outcome, "case_id": record.case_id, "patient_ref": record.patient_ref,
+        "data_category": record.data_category, "source_address": record.source_address,
+        "reason": record.reason,
+        "detail": json.dumps(record.detail, sort_keys=True, default=str),
+        "prev_hash": entry.prev_hash, "hash": entry.hash,
+    }
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    row["detail"] = json.loads(row["detail"])
+    return row
+
+
+def _entry(row: Any) -> AuditEntry:
+    occurred: datetime = row.occurred_at
+    record = AuditRecord(
+        occurred_at=occurred, actor_id=row.actor_id, actor_name=row.actor_name,
+        action=row.action, outcome=row.outcome, case_id=row.case_id,
+        patient_ref=row.patient_ref, data_category=row.data_category,
+        source_address=row.source_address, reason=row.reason, detail=json.loads(row.detail),
+    )
+    return AuditEntry(row.chain, row.seq, record, row.prev_hash, row.hash)
+
+
+def verify_audit_log(engine: Engine, batch: int = 5000) -> list[VerifyResult]:
+    """Verify every chain; returns one result per chain, bad ones naming the first bad entry."""
+    with engine.connect() as connection:
+        heads = {r.chain: (r.seq, r.hash) for r in connection.execute(select(audit_heads))}
+        chains = set(heads) | set(connection.execute(
+            select(audit_log.c.chain).distinct()).scalars())
+        return [verify_chain(chain, _stream(connection, chain, batch), heads.get(chain))
+                for chain in sorted(chains)]
+
+
+def _stream(connection: Connection, chain: int, batch: int) -> Iterator[AuditEntry]:
+    last = 0
+    while True:
+        rows = connection.execute(
+            select(audit_log).where(audit_log.c.chain == chain, audit_log.c.seq > last)
+            .order_by(audit_log.c.seq).limit(batch)
+        ).all()
+        if not rows:
+            return
+        for row in rows:
+            yield _entry(row)
+        last = rows[-1].seq

@@ -1,0 +1,1 @@
+"""The REST API: authenticate, parse, call one use case, translate errors."""

@@ -1,0 +1,29 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from careloop import __version__
+from careloop.api import problems
+from careloop.api.limits import BodyLimitMiddleware
+from careloop.api.routes import referrals, system
+from careloop.bootstrap import App
+from careloop.services.accounts import TokenAuthenticator
+
+
+def create_app(app: App) -> FastAPI:
+    api = FastAPI(
+        title="careloop",
+        version=__version__,
+        summary="Governed workflow layer for healthcare referral coordination",
+    )
+    api.state.deps = app.deps
+    api.state.hashing = app.hashing
+    api.state.authenticator = TokenAuthenticator(app.deps)
+    problems.install(api)
+    api.include_router(referrals.router)
+    api.include_router(system.router)
+    api.add_middleware(BodyLimitMiddleware, max_body_bytes=app.settings.max_body_bytes,
+                       max_upload_bytes=app.settings.max_upload_bytes)
+    return api

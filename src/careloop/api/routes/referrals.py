@@ -1,0 +1,151 @@
+"""Referral endpoints. Each handler authenticates, parses, calls one use case."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Header, Query, Request, Response, UploadFile
+
+from careloop.adapters.db.cases import CaseFilter
+from careloop.api.presenters import present_case
+from careloop.api.schemas import AssignIn, NoteIn, TaskIn, TransitionIn, UpdateIn
+from careloop.api.security import CurrentActor
+from careloop.domain.errors import FieldProblem, InvalidInput, PayloadTooLarge
+from careloop.services import attachments, cases, queries
+from careloop.services.deps import Deps
+from careloop.services.referral_input import ReferralIn
+
+router = APIRouter(prefix="/api/v1/referrals", tags=["referrals"])
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
+
+
+def _deps(request: Request) -> Deps:
+    deps: Deps = request.app.state.deps
+    return deps
+
+
+@router.post("", status_code=201, summary="Create a referral")
+def create_referral(request: Request, response: Response, actor: CurrentActor,
+                    referral: ReferralIn, idempotency_key: IdempotencyKey = None) -> Any:
+    deps = _deps(request)
+    case, created = cases.create_referral(deps, actor, referral, idempotency_key)
+    workflow = deps.workflows.get(case.workflow_key, case.workflow_version)
+    response.headers["Location"] = f"/api/v1/referrals/{case.id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return present_case(case, workflow)
+
+
+@router.get("", summary="List and search referrals (work queue)")
+def list_referrals(
+    request: Request, actor: CurrentActor,
+    status: Annotated[list[str] | None, Query(max_length=20)] = None,
+    specialty: str | None = None, urgency: str | None = None, clinic: str | None = None,
+    payer: str | None = None, assignee: str | None = None,
+    min_age_hours: Annotated[float | None, Query(ge=0)] = None,
+    max_age_hours: Annotated[float | None, Query(ge=0)] = None,
+    q: Annotated[str | None, Query(max_length=200)] = None,
+    order: Annotated[str, Query(pattern="^(oldest|newest)$")] = "oldest",
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> Any:
+    flt = CaseFilter(
+        states=tuple(status or ()), specialty=specialty, urgency=urgency, clinic=clinic,
+        payer=payer, assignee=assignee, min_age_hours=min_age_hours,
+        max_age_hours=max_age_hours, text=q, newest_first=order == "newest",
+    )
+    rows, next_cursor = queries.list_cases(_deps(request), actor, flt, limit, cursor)
+    return {"items": rows, "next_cursor": next_cursor}
+
+
+@router.get("/{case_id}", summary="Get one referral")
+def get_referral(request: Request, actor: CurrentActor, case_id: int) -> Any:
+    case, workflow = queries.get_case(_deps(request), actor, case_id)
+    return present_case(case, workflow)
+
+
+@router.patch("/{case_id}", summary="Change fields of an open referral")
+def update_referral(request: Request, actor: CurrentActor, case_id: int, body: UpdateIn) -> Any:
+    deps = _deps(request)
+    case = cases.update_case(deps, actor, case_id, body.version, body.changes)
+    return present_case(case, deps.workflows.get(case.workflow_key, case.workflow_version))
+
+
+@router.post("/{case_id}/transitions", summary="Move a referral along its workflow")
+def transition_referral(request: Request, actor: CurrentActor, case_id: int,
+                        body: TransitionIn) -> Any:
+    deps = _deps(request)
+    case = cases.transition_case(deps, actor, case_id, body.transition, body.version,
+                                 body.reason, body.changes)
+    return present_case(case, deps.workflows.get(case.workflow_key, case.workflow_version))
+
+
+@router.post("/{case_id}/assignment", summary="Assign or unassign a referral")
+def assign_referral(request: Request, actor: CurrentActor, case_id: int, body: AssignIn) -> Any:
+    deps = _deps(request)
+    case = cases.assign_case(deps, actor, case_id, body.version, body.assignee)
+    return present_case(case, deps.workflows.get(case.workflow_key, case.workflow_version))
+
+
+@router.get("/{case_id}/history", summary="Status history")
+def history(request: Request, actor: CurrentActor, case_id: int) -> Any:
+    return {"items": queries.read_case_part(_deps(request), actor, case_id, "history")}
+
+
+@router.get("/{case_id}/audit", summary="The audit trail of one referral")
+def audit_trail(request: Request, actor: CurrentActor, case_id: int) -> Any:
+    return {"items": queries.read_case_part(_deps(request), actor, case_id, "audit")}
+
+
+@router.get("/{case_id}/notes", summary="Notes")
+def list_notes(request: Request, actor: CurrentActor, case_id: int) -> Any:
+    return {"items": queries.read_case_part(_deps(request), actor, case_id, "notes")}
+
+
+@router.post("/{case_id}/notes", status_code=201, summary="Add a note")
+def add_note(request: Request, actor: CurrentActor, case_id: int, body: NoteIn) -> Any:
+    return attachments.add_note(_deps(request), actor, case_id, body.body)
+
+
+@router.get("/{case_id}/tasks", summary="Tasks")
+def list_tasks(request: Request, actor: CurrentActor, case_id: int) -> Any:
+    return {"items": queries.read_case_part(_deps(request), actor, case_id, "tasks")}
+
+
+@router.post("/{case_id}/tasks", status_code=201, summary="Add a task")
+def add_task(request: Request, actor: CurrentActor, case_id: int, body: TaskIn) -> Any:
+    return attachments.add_task(_deps(request), actor, case_id, body.title, body.assignee,
+                                body.due_at)
+
+
+@router.get("/{case_id}/documents", summary="Documents (metadata)")
+def list_documents(request: Request, actor: CurrentActor, case_id: int) -> Any:
+    return {"items": queries.read_case_part(_deps(request), actor, case_id, "documents")}
+
+
+@router.post("/{case_id}/documents", status_code=201, summary="Upload a document")
+def upload_document(request: Request, actor: CurrentActor, case_id: int,
+                    doc_type: Annotated[str, Form(max_length=50)],
+                    file: Annotated[UploadFile, File()]) -> Any:
+    deps = _deps(request)
+    content = file.file.read(deps.max_upload_bytes + 1)
+    if len(content) > deps.max_upload_bytes:
+        raise PayloadTooLarge(f"file is larger than {deps.max_upload_bytes} bytes")
+    if not file.filename:
+        raise InvalidInput([FieldProblem("file", "a filename is required")])
+    return attachments.add_document(deps, actor, case_id, doc_type, file.filename,
+                                    file.content_type or "application/octet-stream", content)
+
+
+@router.get("/{case_id}/documents/{document_id}/content", summary="Download a document")
+def download_document(request: Request, actor: CurrentActor, case_id: int,
+                      document_id: int) -> Response:
+    document = queries.download_document(_deps(request), actor, case_id, document_id)
+    return Response(
+        document["content"], media_type=document["content_type"],
+        headers={"Content-Disposition": f'attachment; filename="{document["filename"]}"',
+                 "Digest": f"sha-256={document['sha256']}",
+                 "X-Content-Type-Options": "nosniff"},
+    )
+
+

@@ -1,0 +1,200 @@
+"""`careloop serve | worker | migrate | demo | user add | token create | workflows | audit`."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from careloop.bootstrap import App, build, migrate
+from careloop.config import Settings
+from careloop.domain.access import SYSTEM_ACTOR
+from careloop.domain.errors import CareloopError
+
+cli = typer.Typer(help="careloop: governed referral coordination", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+user_cli = typer.Typer(help="Manage users", no_args_is_help=True)
+token_cli = typer.Typer(help="Manage API tokens", no_args_is_help=True)
+workflows_cli = typer.Typer(help="Workflow definitions", no_args_is_help=True)
+audit_cli = typer.Typer(help="The audit log", no_args_is_help=True)
+cli.add_typer(user_cli, name="user")
+cli.add_typer(token_cli, name="token")
+cli.add_typer(workflows_cli, name="workflows")
+cli.add_typer(audit_cli, name="audit")
+
+
+def _app(check_migrated: bool = True) -> App:
+    try:
+        return build(Settings(), check_migrated=check_migrated)
+    except CareloopError as error:
+        typer.echo(f"error: {error.detail}", err=True)
+        raise typer.Exit(2) from error
+
+
+@cli.command("migrate")
+def migrate_command() -> None:
+    """Create or upgrade the database schema and store the shipped workflow definitions."""
+    app = _app(check_migrated=False)
+    revision, stored = migrate(app)
+    typer.echo(f"database at migration {revision}")
+    for name in stored:
+        typer.echo(f"stored workflow {name}")
+
+
+@cli.command()
+def serve(
+    demo: Annotated[bool, typer.Option(help="migrate and load demo data first if empty")] = False,
+    host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="port")] = None,
+) -> None:
+    """Run the API (and the outbox worker, in-process) on the configured database."""
+    import uvicorn
+
+    from careloop.api.app import create_app
+    from careloop.engine.outbox import OutboxWorker, log_event
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if demo:
+        _load_demo_if_empty()
+    app = _app()
+    worker = None
+    if app.settings.run_worker:
+        worker = OutboxWorker(app.deps.uow, app.deps.clock, [log_event],
+                              app.settings.worker_poll_seconds)
+        worker.start()
+    try:
+        uvicorn.run(create_app(app), host=host or app.settings.host,
+                    port=port or app.settings.port, log_level="warning")
+    finally:
+        if worker is not None:
+            worker.stop()
+
+
+@cli.command()
+def worker() -> None:
+    """Run only the outbox worker (for deployments with separate API and worker processes)."""
+    from careloop.engine.outbox import OutboxWorker, log_event
+
+    logging.basicConfig(level=logging.INFO)
+    app = _app()
+    runner = OutboxWorker(app.deps.uow, app.deps.clock, [log_event],
+                          app.settings.worker_poll_seconds)
+    runner.start()
+    runner.join()
+
+
+@cli.command()
+def demo(
+    referrals: Annotated[int, typer.Option(help="how many referrals")] = 500,
+    seed: Annotated[int, typer.Option(help="random seed")] = 7,
+) -> None:
+    """Migrate and load a realistic synthetic network; prints how to sign in."""
+    from careloop.demo import load_demo
+
+    app = _app(check_migrated=False)
+    migrate(app)
+    summary = load_demo(app, referrals=referrals, seed=seed)
+    typer.echo(summary)
+
+
+def _load_demo_if_empty() -> None:
+    from careloop.demo import load_demo
+
+    app = _app(check_migrated=False)
+    migrate(app)
+    with app.deps.uow() as uow:
+        has_users = uow.accounts.find_user("admin") is not None
+    if not has_users:
+        typer.echo(load_demo(app, referrals=500, seed=7))
+    else:
+        typer.echo("demo data already loaded; sign in as before (see README)")
+
+
+@user_cli.command("add")
+def user_add(
+    username: str,
+    roles: Annotated[str, typer.Option(help="comma-separated roles")],
+    display_name: Annotated[str, typer.Option()] = "",
+    password: Annotated[str | None, typer.Option(help="omit for token-only users",
+                                                 prompt=False)] = None,
+) -> None:
+    """Add a user with roles."""
+    from careloop.services.accounts import add_user
+
+    app = _app()
+    try:
+        user_id = add_user(app.deps, SYSTEM_ACTOR, app.hashing, username, display_name,
+                           [r.strip() for r in roles.split(",") if r.strip()], password)
+    except CareloopError as error:
+        typer.echo(f"error: {error.detail}", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(f"user {username} created (id {user_id})")
+
+
+@token_cli.command("create")
+def token_create(
+    username: str,
+    name: Annotated[str, typer.Option(help="what the token is for")] = "cli",
+    days: Annotated[int, typer.Option(help="days until expiry; 0 = never")] = 90,
+) -> None:
+    """Create an API token; it is shown once and stored only as a digest."""
+    from careloop.services.accounts import create_token
+
+    app = _app()
+    try:
+        token = create_token(app.deps, SYSTEM_ACTOR, username, name,
+                             timedelta(days=days) if days else None)
+    except CareloopError as error:
+        typer.echo(f"error: {error.detail}", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(token)
+
+
+@workflows_cli.command("validate")
+def workflows_validate(path: Path) -> None:
+    """Validate a workflow definition file; errors name the file, the line and the problem."""
+    from careloop.adapters.definitions import load_workflow_file
+
+    try:
+        workflow = load_workflow_file(path)
+    except CareloopError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from error
+    except OSError as error:
+        typer.echo(f"{path}: {error.strerror}", err=True)
+        raise typer.Exit(1) from error
+    typer.echo(f"{path}: ok ({workflow.key} v{workflow.version}, {len(workflow.states)} states, "
+               f"{len(workflow.transitions)} transitions)")
+
+
+@workflows_cli.command("list")
+def workflows_list() -> None:
+    """List stored workflow definitions."""
+    app = _app()
+    for row in app.deps.workflows.list():
+        typer.echo(f"{row['key']}\tv{row['version']}\t{row['case_type']}\t{row['source_name']}")
+
+
+@audit_cli.command("verify")
+def audit_verify() -> None:
+    """Check every hash chain of the audit log; names the first bad entry."""
+    from careloop.adapters.db.audit_store import verify_audit_log
+
+    app = _app()
+    results = verify_audit_log(app.engine)
+    total = sum(r.entries_checked for r in results)
+    bad = [r for r in results if not r.ok]
+    if bad:
+        for result in bad:
+            assert result.first_bad is not None
+            chain, seq = result.first_bad
+            typer.echo(f"TAMPERED: chain {chain} entry {seq}: {result.problem}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"audit log intact: {total} entries in {len(results)} chains")
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,1 @@
+"""Shipped workflow definitions (YAML). Loaded, validated and stored by version."""

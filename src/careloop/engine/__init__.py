@@ -1,0 +1,1 @@
+"""The automation runtime: the outbox relay and, later, rules and timers."""

@@ -1,0 +1,1 @@
+"""Use cases: one transaction each, every one taking the acting user."""

@@ -1,0 +1,143 @@
+"""The shape of referral data coming in, validated field by field.
+
+Pydantic reports every bad field at once; the checks for NPI and ICD-10-CM come from
+the domain so the API, the CLI and the demo generator all apply the same rules.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from careloop.domain.errors import FieldProblem, InvalidInput
+from careloop.domain.referral import (
+    CHANNELS,
+    NETWORK_STATUSES,
+    SEXES,
+    SPECIALTIES,
+    URGENCIES,
+)
+from careloop.domain.validators import is_valid_icd10_cm, is_valid_npi
+
+Specialty = Literal[SPECIALTIES]  # type: ignore[valid-type]
+Urgency = Literal[URGENCIES]  # type: ignore[valid-type]
+NetworkStatus = Literal[NETWORK_STATUSES]  # type: ignore[valid-type]
+Channel = Literal[CHANNELS]  # type: ignore[valid-type]
+Sex = Literal[SEXES]  # type: ignore[valid-type]
+
+
+def _check_npi(value: str) -> str:
+    if not is_valid_npi(value):
+        raise ValueError("not a valid NPI: 10 digits with a Luhn check digit")
+    return value
+
+
+def _check_icd10(value: str) -> str:
+    if not is_valid_icd10_cm(value):
+        raise ValueError(f"{value!r} is not an ICD-10-CM code (for example E11.9)")
+    return value.upper()
+
+
+def _check_birth_date(value: date) -> date:
+    if value > date.today():
+        raise ValueError("birth date is in the future")
+    if value.year < 1900:
+        raise ValueError("birth date is before 1900")
+    return value
+
+
+Text100 = Annotated[str, Field(min_length=1, max_length=100)]
+Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9\-_.]+$")]
+Npi = Annotated[str, AfterValidator(_check_npi)]
+Icd10 = Annotated[str, Field(max_length=10), AfterValidator(_check_icd10)]
+BirthDate = Annotated[date, AfterValidator(_check_birth_date)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class PatientIn(_Strict):
+    family_name: Text100
+    given_name: Text100
+    birth_date: BirthDate
+    sex: Sex = "unknown"
+    mrn: Identifier | None = None
+    member_id: Identifier | None = None
+    phone: Annotated[str, Field(max_length=30, pattern=r"^\+?[0-9 ()\-.]{7,30}$")] | None = None
+    email: Annotated[str, Field(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")] | None = None
+    postal_code: Annotated[str, Field(max_length=10, pattern=r"^[0-9]{5}(-[0-9]{4})?$")] | None = None
+
+
+class ProviderIn(_Strict):
+    name: Text100
+    npi: Npi
+    organization: Annotated[str, Field(max_length=200)] | None = None
+
+
+class PayerIn(_Strict):
+    name: Text100
+    plan: Annotated[str, Field(max_length=100)] | None = None
+    member_id: Identifier | None = None
+    group_number: Identifier | None = None
+
+
+class ReferralIn(_Strict):
+    patient: PatientIn
+    referring_provider: ProviderIn
+    specialty: Specialty
+    specialist: Annotated[str, Field(max_length=150)] | None = None
+    urgency: Urgency = "routine"
+    reason: Annotated[str, Field(min_length=1, max_length=4000)]
+    diagnoses: Annotated[list[Icd10], Field(max_length=25)] = []
+    payer: PayerIn | None = None
+    network_status: NetworkStatus = "unknown"
+    authorization_number: Identifier | None = None
+    clinic: Text100
+    channel: Channel = "api"
+    appointment_at: datetime | None = None
+
+
+class ReferralChanges(_Strict):
+    """Fields a coordinator may change on an open referral (merged into the stored data)."""
+
+    patient: dict[str, Any] | None = None
+    referring_provider: dict[str, Any] | None = None
+    specialist: Annotated[str, Field(max_length=150)] | None = None
+    urgency: Urgency | None = None
+    reason: Annotated[str, Field(min_length=1, max_length=4000)] | None = None
+    diagnoses: Annotated[list[Icd10], Field(max_length=25)] | None = None
+    payer: dict[str, Any] | None = None
+    network_status: NetworkStatus | None = None
+    authorization_number: Identifier | None = None
+    appointment_at: datetime | None = None
+
+
+def problems_from(error: ValidationError, prefix: str = "") -> list[FieldProblem]:
+    problems = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"])
+        message = str(item["msg"]).removeprefix("Value error, ")
+        problems.append(FieldProblem(f"{prefix}{location}" if location else prefix or "body",
+                                     message))
+    return problems
+
+
+def validate_referral(data: dict[str, Any]) -> ReferralIn:
+    try:
+        return ReferralIn.model_validate(data)
+    except ValidationError as error:
+        raise InvalidInput(problems_from(error)) from error
+
+
+def merge_changes(current: dict[str, Any], changes: ReferralChanges) -> ReferralIn:
+    """Apply ``changes`` onto ``current`` (nested objects merged) and re-validate the whole."""
+    merged = dict(current)
+    for name, value in changes.model_dump(mode="json", exclude_unset=True).items():
+        if isinstance(value, dict) and isinstance(merged.get(name), dict):
+            merged[name] = {**merged[name], **value}
+        else:
+            merged[name] = value
+    return validate_referral(merged)

@@ -1,0 +1,82 @@
+"""The workflow registry: definitions are stored by version and compiled once."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import datetime
+
+from careloop.domain.errors import DefinitionInvalid, DefinitionProblem, NotFound
+from careloop.domain.workflow import Workflow
+from careloop.services.ports import UnitOfWorkFactory
+
+# (text, source name) -> validated workflow; raises DefinitionInvalid
+WorkflowLoader = Callable[[str, str], Workflow]
+
+
+class WorkflowRegistry:
+    """Compiled workflows by (key, version); loads stored versions on first use."""
+
+    def __init__(self, uow: UnitOfWorkFactory, load: WorkflowLoader,
+                 checksum: Callable[[str], str]) -> None:
+        self._uow = uow
+        self._load = load
+        self._checksum = checksum
+        self._compiled: dict[tuple[str, int], Workflow] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, version: int) -> Workflow:
+        workflow = self._compiled.get((key, version))
+        if workflow is not None:
+            return workflow
+        with self._uow() as uow:
+            row = uow.definitions.find(key, version)
+        if row is None:
+            raise NotFound(f"workflow {key} version {version} is not stored")
+        workflow = self._load(row["source_text"], f"{row['source_name']} (stored)")
+        with self._lock:
+            self._compiled[(key, version)] = workflow
+        return workflow
+
+    def latest(self, case_type: str) -> Workflow:
+        with self._uow() as uow:
+            rows = [r for r in uow.definitions.all() if r["case_type"] == case_type]
+        if not rows:
+            raise NotFound(f"no workflow is stored for case type {case_type!r}; "
+                           "run `careloop migrate`")
+        newest = max(rows, key=lambda r: (r["key"] == f"{case_type}-standard", r["version"]))
+        return self.get(newest["key"], newest["version"])
+
+    def list(self) -> list[dict[str, object]]:
+        with self._uow() as uow:
+            rows = uow.definitions.all()
+        return [{"key": r["key"], "version": r["version"], "case_type": r["case_type"],
+                 "source_name": r["source_name"], "checksum": r["checksum"],
+                 "created_at": r["created_at"]} for r in rows]
+
+    def store(self, text: str, source: str, now: datetime) -> tuple[Workflow, bool]:
+        """Validate and store a definition version; returns (workflow, newly stored).
+
+        A stored version is immutable: the same key and version with other content is an
+        error, so every case keeps the exact definition it started with.
+        """
+        workflow = self._load(text, source)
+        digest = self._checksum(text)
+        with self._uow() as uow:
+            existing = uow.definitions.find(workflow.key, workflow.version)
+            if existing is not None:
+                if existing["checksum"] != digest:
+                    raise DefinitionInvalid([DefinitionProblem(
+                        source, None,
+                        f"{workflow.key} version {workflow.version} is already stored with "
+                        "different content; give the changed definition a new version")])
+                return workflow, False
+            uow.definitions.add({
+                "key": workflow.key, "version": workflow.version,
+                "case_type": workflow.case_type, "source_name": source, "source_text": text,
+                "checksum": digest, "created_at": now,
+            })
+            uow.commit()
+        with self._lock:
+            self._compiled[(workflow.key, workflow.version)] = workflow
+        return workflow, True
