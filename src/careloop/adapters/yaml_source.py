@@ -19,11 +19,7 @@ def parse_with_lines(text: str, source: str) -> tuple[Any, dict[Path, int]]:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise DefinitionInvalid(
-            [DefinitionProblem(source, line, f"not valid YAML: {getattr(error, 'problem', error)}")]
-        ) from error
+        raise _invalid(error, source) from error
     if node is None:
         raise DefinitionInvalid([DefinitionProblem(source, None, "the file is empty")])
     lines: dict[Path, int] = {}
@@ -31,9 +27,18 @@ def parse_with_lines(text: str, source: str) -> tuple[Any, dict[Path, int]]:
     constructor = yaml.SafeLoader(text)
     try:
         data = constructor.construct_document(node)
+    except yaml.YAMLError as error:
+        raise _invalid(error, source) from error
     finally:
         constructor.dispose()
     return data, lines
+
+
+def _invalid(error: yaml.YAMLError, source: str) -> DefinitionInvalid:
+    mark = getattr(error, "problem_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    problem = getattr(error, "problem", None) or str(error)
+    return DefinitionInvalid([DefinitionProblem(source, line, f"not valid YAML: {problem}")])
 
 
 def _walk(node: yaml.Node, path: Path, lines: dict[Path, int]) -> None:

@@ -61,13 +61,18 @@ async def _careloop_error(request: Request, error: Exception) -> JSONResponse:
 async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     fields = []
+    malformed = next((e for e in error.errors() if e.get("type") == "json_invalid"), None)
+    if malformed is not None:
+        position = malformed.get("loc", ("body", "?"))[-1]
+        reason = malformed.get("ctx", {}).get("error", "invalid JSON")
+        return problem(400, "malformed_json",
+                       f"the body is not valid JSON: {reason} at character {position}",
+                       request.url.path, errors=[{"field": "body", "problem": reason}])
     for item in error.errors():
         location = [str(p) for p in item.get("loc", ())]
         if location and location[0] in ("body", "query", "path", "header"):
             location = location[1:] if location[0] == "body" else location
         message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
-        if item.get("type") == "json_invalid":
-            message = f"malformed JSON: {item.get('ctx', {}).get('error', message)}"
         fields.append({"field": ".".join(location) or "body", "problem": message})
     detail = "; ".join(f"{f['field']}: {f['problem']}" for f in fields)
     return problem(422, "invalid_input", f"invalid input ({detail})", request.url.path,
