@@ -33,7 +33,11 @@ def build(settings: Settings, clock: Clock | None = None, *, check_migrated: boo
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(url, pool_size=settings.db_pool_size)
     if check_migrated:
-        require_migrated(engine)
+        try:
+            require_migrated(engine)
+        except Exception:
+            engine.dispose()
+            raise
     uow = partial(SqlUnitOfWork, engine, settings.audit_chains)
     deps = Deps(
         uow=uow,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
@@ -26,22 +28,27 @@ cli.add_typer(workflows_cli, name="workflows")
 cli.add_typer(audit_cli, name="audit")
 
 
-def _app(check_migrated: bool = True) -> App:
+@contextmanager
+def _app(check_migrated: bool = True) -> Iterator[App]:
     try:
-        return build(Settings(), check_migrated=check_migrated)
+        app = build(Settings(), check_migrated=check_migrated)
     except CareloopError as error:
         typer.echo(f"error: {error.detail}", err=True)
         raise typer.Exit(2) from error
+    try:
+        yield app
+    finally:
+        app.engine.dispose()
 
 
 @cli.command("migrate")
 def migrate_command() -> None:
     """Create or upgrade the database schema and store the shipped workflow definitions."""
-    app = _app(check_migrated=False)
-    revision, stored = migrate(app)
-    typer.echo(f"database at migration {revision}")
-    for name in stored:
-        typer.echo(f"stored workflow {name}")
+    with _app(check_migrated=False) as app:
+        revision, stored = migrate(app)
+        typer.echo(f"database at migration {revision}")
+        for name in stored:
+            typer.echo(f"stored workflow {name}")
 
 
 @cli.command()
@@ -59,18 +66,18 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if demo:
         _load_demo_if_empty()
-    app = _app()
-    worker = None
-    if app.settings.run_worker:
-        worker = OutboxWorker(app.deps.uow, app.deps.clock, [log_event],
-                              app.settings.worker_poll_seconds)
-        worker.start()
-    try:
-        uvicorn.run(create_app(app), host=host or app.settings.host,
-                    port=port or app.settings.port, log_level="warning")
-    finally:
-        if worker is not None:
-            worker.stop()
+    with _app() as app:
+        worker = None
+        if app.settings.run_worker:
+            worker = OutboxWorker(app.deps.uow, app.deps.clock, [log_event],
+                                  app.settings.worker_poll_seconds)
+            worker.start()
+        try:
+            uvicorn.run(create_app(app), host=host or app.settings.host,
+                        port=port or app.settings.port, log_level="warning")
+        finally:
+            if worker is not None:
+                worker.stop()
 
 
 @cli.command()
@@ -79,11 +86,11 @@ def worker() -> None:
     from careloop.engine.outbox import OutboxWorker, log_event
 
     logging.basicConfig(level=logging.INFO)
-    app = _app()
-    runner = OutboxWorker(app.deps.uow, app.deps.clock, [log_event],
-                          app.settings.worker_poll_seconds)
-    runner.start()
-    runner.join()
+    with _app() as app:
+        runner = OutboxWorker(app.deps.uow, app.deps.clock, [log_event],
+                              app.settings.worker_poll_seconds)
+        runner.start()
+        runner.join()
 
 
 @cli.command()
@@ -94,23 +101,23 @@ def demo(
     """Migrate and load a realistic synthetic network; prints how to sign in."""
     from careloop.demo import load_demo
 
-    app = _app(check_migrated=False)
-    migrate(app)
-    summary = load_demo(app, referrals=referrals, seed=seed)
-    typer.echo(summary)
+    with _app(check_migrated=False) as app:
+        migrate(app)
+        summary = load_demo(app, referrals=referrals, seed=seed)
+        typer.echo(summary)
 
 
 def _load_demo_if_empty() -> None:
     from careloop.demo import load_demo
 
-    app = _app(check_migrated=False)
-    migrate(app)
-    with app.deps.uow() as uow:
-        has_users = uow.accounts.find_user("admin") is not None
-    if not has_users:
-        typer.echo(load_demo(app, referrals=500, seed=7))
-    else:
-        typer.echo("demo data already loaded; sign in as before (see README)")
+    with _app(check_migrated=False) as app:
+        migrate(app)
+        with app.deps.uow() as uow:
+            has_users = uow.accounts.find_user("admin") is not None
+        if not has_users:
+            typer.echo(load_demo(app, referrals=500, seed=7))
+        else:
+            typer.echo("demo data already loaded; sign in as before (see README)")
 
 
 @user_cli.command("add")
@@ -124,14 +131,14 @@ def user_add(
     """Add a user with roles."""
     from careloop.services.accounts import add_user
 
-    app = _app()
-    try:
-        user_id = add_user(app.deps, SYSTEM_ACTOR, app.hashing, username, display_name,
-                           [r.strip() for r in roles.split(",") if r.strip()], password)
-    except CareloopError as error:
-        typer.echo(f"error: {error.detail}", err=True)
-        raise typer.Exit(2) from error
-    typer.echo(f"user {username} created (id {user_id})")
+    with _app() as app:
+        try:
+            user_id = add_user(app.deps, SYSTEM_ACTOR, app.hashing, username, display_name,
+                               [r.strip() for r in roles.split(",") if r.strip()], password)
+        except CareloopError as error:
+            typer.echo(f"error: {error.detail}", err=True)
+            raise typer.Exit(2) from error
+        typer.echo(f"user {username} created (id {user_id})")
 
 
 @token_cli.command("create")
@@ -143,14 +150,14 @@ def token_create(
     """Create an API token; it is shown once and stored only as a digest."""
     from careloop.services.accounts import create_token
 
-    app = _app()
-    try:
-        token = create_token(app.deps, SYSTEM_ACTOR, username, name,
-                             timedelta(days=days) if days else None)
-    except CareloopError as error:
-        typer.echo(f"error: {error.detail}", err=True)
-        raise typer.Exit(2) from error
-    typer.echo(token)
+    with _app() as app:
+        try:
+            token = create_token(app.deps, SYSTEM_ACTOR, username, name,
+                                 timedelta(days=days) if days else None)
+        except CareloopError as error:
+            typer.echo(f"error: {error.detail}", err=True)
+            raise typer.Exit(2) from error
+        typer.echo(token)
 
 
 @workflows_cli.command("validate")
@@ -173,9 +180,9 @@ def workflows_validate(path: Path) -> None:
 @workflows_cli.command("list")
 def workflows_list() -> None:
     """List stored workflow definitions."""
-    app = _app()
-    for row in app.deps.workflows.list():
-        typer.echo(f"{row['key']}\tv{row['version']}\t{row['case_type']}\t{row['source_name']}")
+    with _app() as app:
+        for row in app.deps.workflows.list():
+            typer.echo(f"{row['key']}\tv{row['version']}\t{row['case_type']}\t{row['source_name']}")
 
 
 @audit_cli.command("verify")
@@ -183,17 +190,17 @@ def audit_verify() -> None:
     """Check every hash chain of the audit log; names the first bad entry."""
     from careloop.adapters.db.audit_store import verify_audit_log
 
-    app = _app()
-    results = verify_audit_log(app.engine)
-    total = sum(r.entries_checked for r in results)
-    bad = [r for r in results if not r.ok]
-    if bad:
-        for result in bad:
-            assert result.first_bad is not None
-            chain, seq = result.first_bad
-            typer.echo(f"TAMPERED: chain {chain} entry {seq}: {result.problem}", err=True)
-        raise typer.Exit(1)
-    typer.echo(f"audit log intact: {total} entries in {len(results)} chains")
+    with _app() as app:
+        results = verify_audit_log(app.engine)
+        total = sum(r.entries_checked for r in results)
+        bad = [r for r in results if not r.ok]
+        if bad:
+            for result in bad:
+                assert result.first_bad is not None
+                chain, seq = result.first_bad
+                typer.echo(f"TAMPERED: chain {chain} entry {seq}: {result.problem}", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"audit log intact: {total} entries in {len(results)} chains")
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy.exc import IntegrityError
 
 from careloop.adapters.db.tables import audit_heads, audit_log
 from careloop.domain.audit import (
@@ -37,23 +38,30 @@ class AuditStore:
             # opposite orders, so appends cannot deadlock.
             self._chain = random.randrange(self._chains)  # noqa: S311 - load spreading only
         chain = self._chain
-        head = self._connection.execute(
-            select(audit_heads.c.seq, audit_heads.c.hash)
-            .where(audit_heads.c.chain == chain).with_for_update()
-        ).first()
-        prev_seq, prev_hash = (head.seq, head.hash) if head else (0, GENESIS_HASH)
-        entry = chain_entry(chain, prev_seq, prev_hash, record)
+        head = self._lock_head(chain)
+        entry = chain_entry(chain, head[0], head[1], record)
         self._connection.execute(_INSERT, _row(entry))
-        if head is None:
-            self._connection.execute(
-                audit_heads.insert(), {"chain": chain, "seq": entry.seq, "hash": entry.hash}
-            )
-        else:
-            self._connection.execute(
-                update(audit_heads).where(audit_heads.c.chain == chain)
-                .values(seq=entry.seq, hash=entry.hash)
-            )
+        self._connection.execute(
+            update(audit_heads).where(audit_heads.c.chain == chain)
+            .values(seq=entry.seq, hash=entry.hash)
+        )
         return entry
+
+    def _lock_head(self, chain: int) -> tuple[int, str]:
+        query = (select(audit_heads.c.seq, audit_heads.c.hash)
+                 .where(audit_heads.c.chain == chain).with_for_update())
+        head = self._connection.execute(query).first()
+        if head is None:
+            # First use of this chain: create its head, tolerating a concurrent creator,
+            # then lock it like any other head so appends stay strictly serial per chain.
+            try:
+                with self._connection.begin_nested():
+                    self._connection.execute(audit_heads.insert(), {
+                        "chain": chain, "seq": 0, "hash": GENESIS_HASH})
+            except IntegrityError:
+                pass
+            head = self._connection.execute(query).one()
+        return int(head.seq), str(head.hash)
 
     def for_case(self, case_id: int) -> list[dict[str, Any]]:
         rows = self._connection.execute(
@@ -103,12 +111,12 @@ def verify_audit_log(engine: Engine, batch: int = 5000) -> list[VerifyResult]:
 
 
 def _stream(connection: Connection, chain: int, batch: int) -> Iterator[AuditEntry]:
-    last = 0
+    last: int | None = None  # no lower bound at first: forged seq 0 or negatives count too
     while True:
-        rows = connection.execute(
-            select(audit_log).where(audit_log.c.chain == chain, audit_log.c.seq > last)
-            .order_by(audit_log.c.seq).limit(batch)
-        ).all()
+        query = select(audit_log).where(audit_log.c.chain == chain)
+        if last is not None:
+            query = query.where(audit_log.c.seq > last)
+        rows = connection.execute(query.order_by(audit_log.c.seq).limit(batch)).all()
         if not rows:
             return
         for row in rows:

@@ -1,0 +1,105 @@
+"""`careloop audit verify` detects altered, inserted and deleted entries on both databases."""
+
+import threading
+
+import pytest
+from sqlalchemy import func, select, text
+from typer.testing import CliRunner
+
+from careloop.adapters.db.audit_store import verify_audit_log
+from careloop.adapters.db.tables import audit_log
+from careloop.bootstrap import App
+from careloop.cli import cli
+from careloop.services import queries
+from careloop.services.cases import create_referral
+from careloop.services.referral_input import validate_referral
+from tests.conftest import ADMIN, INTAKE, referral_payload
+
+
+def _fill(app: App, n: int = 6) -> None:
+    for _ in range(n):
+        case, _ = create_referral(app.deps, INTAKE, validate_referral(referral_payload()))
+        queries.get_case(app.deps, ADMIN, case.id)
+
+
+def _tamper(app: App, statement: str) -> None:
+    """Simulate an attacker with database-owner rights who bypasses the triggers."""
+    with app.engine.begin() as connection:
+        if app.engine.dialect.name == "postgresql":
+            connection.execute(text("ALTER TABLE audit_log DISABLE TRIGGER USER"))
+            connection.execute(text(statement))
+            connection.execute(text("ALTER TABLE audit_log ENABLE TRIGGER USER"))
+        else:
+            connection.execute(text("DROP TRIGGER audit_log_no_update"))
+            connection.execute(text("DROP TRIGGER audit_log_no_delete"))
+            connection.execute(text(statement))
+
+
+def _busiest_chain(app: App) -> int:
+    with app.engine.connect() as connection:
+        return int(connection.execute(
+            select(audit_log.c.chain).group_by(audit_log.c.chain)
+            .order_by(func.count().desc()).limit(1)).scalar_one())
+
+
+def _run_verify(app: App, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+    monkeypatch.setenv("CARELOOP_DATABASE_URL", str(app.engine.url.render_as_string(
+        hide_password=False)))
+    result = CliRunner().invoke(cli, ["audit", "verify"])
+    return result.exit_code, result.output
+
+
+def test_intact_log_verifies(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fill(app)
+    code, output = _run_verify(app, monkeypatch)
+    assert code == 0, output
+    assert "audit log intact: 12 entries" in output
+
+
+@pytest.mark.parametrize("attack, expected", [
+    ("UPDATE audit_log SET actor_name = 'mallory' WHERE chain = {c} AND seq = 2",
+     "entry 2: entry content does not match its hash"),
+    ("DELETE FROM audit_log WHERE chain = {c} AND seq = 2", "entry 3: expected seq 2"),
+    ("INSERT INTO audit_log (chain, seq, occurred_at, actor_id, actor_name, action, outcome,"
+     " data_category, source_address, reason, detail, prev_hash, hash)"
+     " SELECT chain, 0, occurred_at, actor_id, actor_name, 'case.read', outcome, data_category,"
+     " source_address, reason, detail, prev_hash, hash FROM audit_log"
+     " WHERE chain = {c} AND seq = 1", "entry 0: expected seq 1"),
+])
+def test_tampering_is_detected_and_the_first_bad_entry_named(
+        app: App, monkeypatch: pytest.MonkeyPatch, attack: str, expected: str) -> None:
+    _fill(app, 30)  # enough that the busiest of the 16 chains has entries past seq 2
+    chain = _busiest_chain(app)
+    _tamper(app, attack.format(c=chain))
+    code, output = _run_verify(app, monkeypatch)
+    assert code == 1
+    assert f"TAMPERED: chain {chain} {expected}" in output
+
+
+def test_truncated_tail_is_detected(app: App) -> None:
+    _fill(app)
+    chain = _busiest_chain(app)
+    _tamper(app, f"DELETE FROM audit_log WHERE chain = {chain} AND seq = "
+                 f"(SELECT max(seq) FROM audit_log WHERE chain = {chain})")
+    bad = [r for r in verify_audit_log(app.engine) if not r.ok]
+    assert len(bad) == 1 and "deleted from the end" in bad[0].problem
+
+
+def test_concurrent_writers_keep_every_chain_valid(app: App) -> None:
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            _fill(app, 10)
+        except BaseException as error:  # collected and asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    results = verify_audit_log(app.engine)
+    assert all(r.ok for r in results)
+    assert sum(r.entries_checked for r in results) == 80
