@@ -38,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as c  # noqa: E402
+import _common as c
 
 POOL = 512  # distinct referral payloads cycled through
 
@@ -142,7 +142,33 @@ def _sqlite_ts(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-# --- careloop side --------------------------------------------------------------------
+# --- steppers: one intake per call ---------------------------------------------------
+
+
+class Runner:
+    """Runs one side's intakes; ``run(seconds)`` returns (count, latencies in s)."""
+
+    def __init__(self, step: Any, close: Any, offset: int = 0) -> None:
+        self._step, self.close, self._i = step, close, offset
+
+    def run(self, seconds: float) -> tuple[int, list[float]]:
+        latencies: list[float] = []
+        clock, step, i = time.perf_counter, self._step, self._i
+        end = clock() + seconds
+        while True:
+            t0 = clock()
+            if t0 >= end:
+                break
+            step(i)
+            latencies.append(clock() - t0)
+            i += 1
+        count, self._i = i - self._i, i
+        return count, latencies
+
+    def warm(self, n: int) -> None:
+        for _ in range(n):
+            self._step(self._i)
+            self._i += 1
 
 
 def _referrals() -> list[Any]:
@@ -158,65 +184,19 @@ def _actor() -> Any:
                  source_address="127.0.0.1")
 
 
-def careloop_loop(app: Any, duration: float, warmup: int) -> tuple[int, list[float]]:
+def careloop_runner(url: str, *, migrate: bool, offset: int = 0) -> tuple[Runner, Any]:
     from careloop.services.cases import create_referral
 
+    app = c.build_app(url, migrate=migrate, db_pool_size=4)
     referrals, actor, deps = _referrals(), _actor(), app.deps
-    for i in range(warmup):
+
+    def step(i: int) -> None:
         create_referral(deps, actor, referrals[i % POOL])
-    return _timed(lambda i: create_referral(deps, actor, referrals[i % POOL]), duration)
+
+    return Runner(step, app.engine.dispose, offset), app
 
 
-def _timed(step: Any, duration: float) -> tuple[int, list[float]]:
-    latencies: list[float] = []
-    clock = time.perf_counter
-    start = clock()
-    end = start + duration
-    i = 0
-    while True:
-        t0 = clock()
-        if t0 >= end:
-            break
-        step(i)
-        latencies.append(clock() - t0)
-        i += 1
-    return i, latencies
-
-
-def statements_per_intake(app: Any, n: int = 20) -> float:
-    """How many SQL statements (BEGIN/COMMIT included) careloop sends per intake."""
-    from sqlalchemy import event
-
-    from careloop.services.cases import create_referral
-
-    count = 0
-
-    def _count(*_args: Any) -> None:
-        nonlocal count
-        count += 1
-
-    def _count_tx(*_args: Any) -> None:
-        nonlocal count
-        count += 1  # COMMIT / ROLLBACK
-
-    referrals, actor = _referrals()[:n], _actor()
-    event.listen(app.engine, "before_cursor_execute", _count)
-    event.listen(app.engine, "commit", _count_tx)
-    event.listen(app.engine, "rollback", _count_tx)
-    try:
-        for referral in referrals:
-            create_referral(app.deps, actor, referral)
-    finally:
-        event.remove(app.engine, "before_cursor_execute", _count)
-        event.remove(app.engine, "commit", _count_tx)
-        event.remove(app.engine, "rollback", _count_tx)
-    return count / n
-
-
-# --- (a) SQLite -------------------------------------------------------------------------
-
-
-def raw_sqlite_loop(path: Path, duration: float, warmup: int) -> tuple[int, list[float]]:
+def raw_sqlite_runner(path: Path) -> Runner:
     connection = c.sqlite_connect(path)
     connection.executescript(RAW_SQLITE_DDL)
     payloads = [c.referral_payload(i) for i in range(POOL)]
@@ -232,102 +212,163 @@ def raw_sqlite_loop(path: Path, duration: float, warmup: int) -> tuple[int, list
         connection.execute(insert_outbox, intake.outbox_row(case_id, payload))
         connection.execute("COMMIT")
 
-    for i in range(warmup):
-        step(i)
+    return Runner(step, connection.close)
+
+
+def raw_pg_runner(url: str, index: int) -> Runner:
+    import psycopg
+    from psycopg.types.json import Json
+
+    connection = psycopg.connect(c.pg_conninfo(url))
+    payloads = [c.referral_payload(i) for i in range(POOL)]
+    intake = RawIntake(index, lambda moment: moment, Json)
+    insert_case = INSERT_CASE.format(p="%s")
+    insert_audit, insert_outbox = INSERT_AUDIT.format(p="%s"), INSERT_OUTBOX.format(p="%s")
+    cursor = connection.cursor()
+
+    def step(i: int) -> None:
+        payload = payloads[i % POOL]
+        cursor.execute(insert_case, intake.case_row(payload))
+        case_id = cursor.fetchone()[0]  # type: ignore[index]
+        cursor.execute(insert_audit, intake.audit_row(case_id, payload))
+        cursor.execute(insert_outbox, intake.outbox_row(case_id, payload))
+        connection.commit()
+
+    return Runner(step, connection.close, index * 7919)
+
+
+def statements_per_intake(app: Any, n: int = 20) -> tuple[float, float]:
+    """(SQL statements incl. BEGIN/COMMIT/ROLLBACK, pool checkouts) careloop needs per intake."""
+    from sqlalchemy import event
+
+    from careloop.services.cases import create_referral
+
+    counts = {"sql": 0, "checkout": 0}
+
+    def _sql(*_args: Any) -> None:
+        counts["sql"] += 1
+
+    def _checkout(*_args: Any) -> None:
+        counts["checkout"] += 1
+
+    referrals, actor = _referrals()[:n], _actor()
+    hooks = [(app.engine, "before_cursor_execute", _sql), (app.engine, "commit", _sql),
+             (app.engine, "rollback", _sql), (app.engine.pool, "checkout", _checkout)]
+    for target, name, fn in hooks:
+        event.listen(target, name, fn)
     try:
-        return _timed(step, duration)
+        for referral in referrals:
+            create_referral(app.deps, actor, referral)
     finally:
-        connection.close()
+        for target, name, fn in hooks:
+            event.remove(target, name, fn)
+    return counts["sql"] / n, counts["checkout"] / n
 
 
-def bench_sqlite(duration: float, warmup: int) -> None:
-    print("-- (a) SQLite, one client, WAL + synchronous=FULL --")
+class Tally:
+    def __init__(self) -> None:
+        self.count, self.seconds = 0, 0.0
+        self.latencies: list[float] = []
+
+    def add(self, count: int, latencies: list[float], seconds: float) -> None:
+        self.count += count
+        self.seconds += seconds
+        self.latencies += latencies
+
+    @property
+    def tps(self) -> float:
+        return self.count / self.seconds if self.seconds else float("nan")
+
+    def text(self) -> str:
+        return f"{self.tps:8.0f} tx/s  ({c.latency_ms(self.latencies)})"
+
+
+# --- (a) SQLite -------------------------------------------------------------------------
+
+
+def bench_sqlite(rounds: int, seconds: float, warmup: int) -> None:
+    print(f"-- (a) SQLite, one client, WAL + synchronous=FULL; {rounds} alternating rounds "
+          f"of {seconds:g} s per side --")
     with c.temp_dir("careloop-bench-") as tmp:
-        app = c.build_app(f"sqlite:///{tmp / 'careloop.db'}")
-        per_intake = statements_per_intake(app)
-        count, lat = careloop_loop(app, duration, warmup)
-        app.engine.dispose()
-        careloop_tps = count / duration
-        raw_count, raw_lat = raw_sqlite_loop(tmp / "raw.db", duration, warmup)
-        raw_tps = raw_count / duration
-    c.line("careloop create_referral", f"{careloop_tps:8.0f} tx/s  ({c.latency_ms(lat)})")
-    c.line("raw sqlite3, 3 INSERTs per tx", f"{raw_tps:8.0f} tx/s  ({c.latency_ms(raw_lat)})")
-    c.ratio_line("ratio careloop / raw", careloop_tps, raw_tps, target_pct=50)
-    c.line("careloop SQL statements per intake", f"{per_intake:.1f} (raw: 5 incl. BEGIN/COMMIT)")
+        careloop, app = careloop_runner(f"sqlite:///{tmp / 'careloop.db'}", migrate=True)
+        raw = raw_sqlite_runner(tmp / "raw.db")
+        careloop.warm(warmup)
+        raw.warm(warmup)
+        ours, theirs = Tally(), Tally()
+        for _ in range(rounds):
+            ours.add(*careloop.run(seconds), seconds)
+            theirs.add(*raw.run(seconds), seconds)
+        per_intake = statements_per_intake(app)  # after the loop: every audit chain exists
+        careloop.close()
+        raw.close()
+    c.line("careloop create_referral", ours.text())
+    c.line("raw sqlite3, 3 INSERTs per tx", theirs.text())
+    c.ratio_line("ratio careloop / raw", ours.tps, theirs.tps, target_pct=50)
+    c.line("careloop SQL statements per intake",
+           f"{per_intake[0]:.1f} in {per_intake[1]:.0f} transactions (raw: 5 in 1, incl. "
+           "BEGIN/COMMIT)")
 
 
 # --- (b) PostgreSQL --------------------------------------------------------------------
 
 
-def _pg_worker(kind: str, url: str, index: int, duration: float, warmup: int,
-               barrier: Any, results: Any) -> None:
+def _pg_worker(kind: str, url: str, index: int, warmup: int, commands: Any,
+               results: Any) -> None:
+    """A client process: set up, warm up, then run timed phases on command."""
     try:
         if kind == "careloop":
-            app = c.build_app(url, migrate=False, db_pool_size=2)
-            from careloop.services.cases import create_referral
-
-            referrals, actor, deps = _referrals(), _actor(), app.deps
-            offset = index * 7919
-
-            def step(i: int) -> None:
-                create_referral(deps, actor, referrals[(i + offset) % POOL])
-
-            close = app.engine.dispose
+            runner, _app = careloop_runner(url, migrate=False, offset=index * 7919)
         else:
-            import psycopg
-            from psycopg.types.json import Json
-
-            connection = psycopg.connect(c.pg_conninfo(url))
-            payloads = [c.referral_payload(i) for i in range(POOL)]
-            intake = RawIntake(index, lambda moment: moment, Json)
-            insert_case = INSERT_CASE.format(p="%s")
-            insert_audit, insert_outbox = INSERT_AUDIT.format(p="%s"), INSERT_OUTBOX.format(p="%s")
-            cursor = connection.cursor()
-
-            def step(i: int) -> None:
-                payload = payloads[i % POOL]
-                cursor.execute(insert_case, intake.case_row(payload))
-                case_id = cursor.fetchone()[0]  # type: ignore[index]
-                cursor.execute(insert_audit, intake.audit_row(case_id, payload))
-                cursor.execute(insert_outbox, intake.outbox_row(case_id, payload))
-                connection.commit()
-
-            close = connection.close
-        for i in range(warmup):
-            step(i)
-        barrier.wait()
-        count, latencies = _timed(step, duration)
-        close()
-        results.put((index, count, latencies, None))
-    except Exception as error:  # report instead of hanging the parent at the barrier
-        barrier.abort()
-        results.put((index, 0, [], repr(error)))
+            runner = raw_pg_runner(url, index)
+        runner.warm(warmup)
+        results.put((index, "ready", None))
+        while (seconds := commands.get()) is not None:
+            results.put((index, "done", runner.run(seconds)))
+        runner.close()
+    except Exception as error:  # report instead of leaving the parent waiting
+        results.put((index, "error", repr(error)))
 
 
-def _run_pg(kind: str, url: str, clients: int, duration: float, warmup: int
-            ) -> tuple[float, list[float]]:
-    ctx = mp.get_context("spawn")
-    barrier, results = ctx.Barrier(clients + 1), ctx.Queue()
-    procs = [ctx.Process(target=_pg_worker, args=(kind, url, i, duration, warmup, barrier,
-                                                  results)) for i in range(clients)]
-    for proc in procs:
-        proc.start()
-    try:
-        barrier.wait(timeout=120)
-    except Exception:
-        pass
-    outcomes = [results.get(timeout=duration + 180) for _ in procs]
-    for proc in procs:
-        proc.join()
-    errors = [error for *_, error in outcomes if error]
-    if errors:
-        raise RuntimeError(f"{kind} worker failed: {errors[0]}")
-    latencies = [x for _, _, lat, _ in outcomes for x in lat]
-    return sum(count for _, count, _, _ in outcomes) / duration, latencies
+class ClientPool:
+    """``clients`` processes of one kind, each with its own engine or connection."""
+
+    def __init__(self, kind: str, url: str, clients: int, warmup: int) -> None:
+        ctx = mp.get_context("spawn")
+        self.kind, self.results = kind, ctx.Queue()
+        self.commands = [ctx.Queue() for _ in range(clients)]
+        self.procs = [ctx.Process(target=_pg_worker, args=(
+            kind, url, i, warmup, self.commands[i], self.results), daemon=True)
+            for i in range(clients)]
+        for proc in self.procs:
+            proc.start()
+
+    def _collect(self, timeout: float) -> list[Any]:
+        replies = [self.results.get(timeout=timeout) for _ in self.procs]
+        errors = [value for _, status, value in replies if status == "error"]
+        if errors:
+            raise RuntimeError(f"a {self.kind} client failed: {errors[0]}")
+        return [value for _, _, value in replies]
+
+    def ready(self) -> None:
+        self._collect(300)
+
+    def run(self, seconds: float, tally: Tally) -> None:
+        for queue in self.commands:
+            queue.put(seconds)
+        outcomes = self._collect(seconds + 120)
+        tally.add(sum(n for n, _ in outcomes), [x for _, lat in outcomes for x in lat],
+                  seconds)
+
+    def close(self) -> None:
+        for queue in self.commands:
+            queue.put(None)
+        for proc in self.procs:
+            proc.join(timeout=30)
 
 
-def bench_postgres(clients: int, duration: float, warmup: int) -> None:
-    print(f"-- (b) PostgreSQL, {clients} client processes --")
+def bench_postgres(clients: int, rounds: int, seconds: float, warmup: int) -> None:
+    print(f"-- (b) PostgreSQL, {clients} client processes per side; {rounds} alternating "
+          f"rounds of {seconds:g} s per side --")
     problem = c.pg_problem()
     if problem:
         print(f"   skipped: PostgreSQL unreachable ({problem})")
@@ -335,36 +376,51 @@ def bench_postgres(clients: int, duration: float, warmup: int) -> None:
     import psycopg
 
     with c.pg_schema("bench_intake") as url:
-        app = c.build_app(url)
+        runner, app = careloop_runner(url, migrate=True)
+        runner.warm(200)  # create every audit chain's head before counting
         per_intake = statements_per_intake(app)
-        app.engine.dispose()
+        runner.close()
         with psycopg.connect(c.pg_conninfo(url), autocommit=True) as connection:
             for statement in RAW_PG_DDL.split(";"):
                 if statement.strip():
                     connection.execute(statement)
-        careloop_tps, lat = _run_pg("careloop", url, clients, duration, warmup)
-        raw_tps, raw_lat = _run_pg("raw", url, clients, duration, warmup)
-    c.line("careloop create_referral", f"{careloop_tps:8.0f} tx/s  ({c.latency_ms(lat)})")
-    c.line("raw psycopg 3, 3 INSERTs per tx", f"{raw_tps:8.0f} tx/s  ({c.latency_ms(raw_lat)})")
-    c.ratio_line("ratio careloop / raw", careloop_tps, raw_tps, target_pct=50)
+        pools = [ClientPool("careloop", url, clients, warmup),
+                 ClientPool("raw", url, clients, warmup)]
+        try:
+            for pool in pools:
+                pool.ready()
+            ours, theirs = Tally(), Tally()
+            for _ in range(rounds):
+                pools[0].run(seconds, ours)
+                pools[1].run(seconds, theirs)
+        finally:
+            for pool in pools:
+                pool.close()
+    c.line("careloop create_referral", ours.text())
+    c.line("raw psycopg 3, 3 INSERTs per tx", theirs.text())
+    c.ratio_line("ratio careloop / raw", ours.tps, theirs.tps, target_pct=50)
     c.line("careloop SQL statements per intake",
-           f"{per_intake:.1f} (raw: 4 + implicit BEGIN)")
+           f"{per_intake[0]:.1f} in {per_intake[1]:.0f} pool checkouts, each pre-pinged "
+           "(raw: 4 + BEGIN)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
     parser.add_argument("--clients", type=int, default=4, help="PostgreSQL client processes")
-    parser.add_argument("--seconds", type=float, default=None, help="per measured phase")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="alternating careloop/raw rounds (evens out background load)")
+    parser.add_argument("--seconds", type=float, default=None, help="per round and side")
     args = c.parse_args(__doc__, parser)
-    duration = args.seconds or (1.0 if args.quick else 20.0)
+    rounds = args.rounds or (1 if args.quick else 4)
+    seconds = args.seconds or (1.0 if args.quick else 5.0)
     warmup = 20 if args.quick else 200
     random.seed(7)
-    c.header("intake, service layer vs raw driver", seconds_per_phase=duration)
+    c.header("intake, service layer vs raw driver")
     if args.backend in ("sqlite", "both"):
-        bench_sqlite(duration, warmup)
+        bench_sqlite(rounds, seconds, warmup)
     if args.backend in ("postgres", "both"):
-        bench_postgres(args.clients, duration, warmup)
+        bench_postgres(args.clients, rounds, seconds, warmup)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,7 @@ from careloop.config import Settings
 from careloop.domain.access import Actor, Role
 from careloop.services.ports import ManualClock
 
-PG_URL = os.environ.get(
-    "CARELOOP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+PG_URL = os.environ.get("CARELOOP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday morning
 
 
@@ -77,8 +75,11 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 
 def make_app(url: str, clock: ManualClock, **settings: object) -> App:
-    app = build(Settings(database_url=url, environment="test", **settings),  # type: ignore[arg-type]
-                clock, check_migrated=False)
+    app = build(
+        Settings(database_url=url, environment="test", **settings),  # type: ignore[arg-type]
+        clock,
+        check_migrated=False,
+    )
     migrate(app)
     return app
 
@@ -104,8 +105,12 @@ def sqlite_app(sqlite_url: str, clock: ManualClock) -> Iterator[App]:
 
 def actor(role: Role | str, user_id: int = 1, username: str | None = None) -> Actor:
     name = str(role.value if isinstance(role, Role) else role)
-    return Actor(user_id=user_id, username=username or name, roles=frozenset({name}),
-                 source_address="127.0.0.1")
+    return Actor(
+        user_id=user_id,
+        username=username or name,
+        roles=frozenset({name}),
+        source_address="127.0.0.1",
+    )
 
 
 ADMIN = actor(Role.ADMINISTRATOR, 1, "ada.admin")
@@ -121,11 +126,21 @@ AUDITOR = actor(Role.AUDITOR, 8, "aud.auditor")
 def referral_payload(**overrides: object) -> dict[str, object]:
     """A complete, valid referral; override any top-level field."""
     payload: dict[str, object] = {
-        "patient": {"family_name": "Okafor", "given_name": "Ada", "birth_date": "1961-04-12",
-                    "sex": "female", "mrn": "MRN100234", "member_id": "M55501234",
-                    "phone": "+1 555 201 3344", "postal_code": "02139"},
-        "referring_provider": {"name": "Dr. Lena Rossi", "npi": "1234567893",
-                               "organization": "Harbor Primary Care"},
+        "patient": {
+            "family_name": "Okafor",
+            "given_name": "Ada",
+            "birth_date": "1961-04-12",
+            "sex": "female",
+            "mrn": "MRN100234",
+            "member_id": "M55501234",
+            "phone": "+1 555 201 3344",
+            "postal_code": "02139",
+        },
+        "referring_provider": {
+            "name": "Dr. Lena Rossi",
+            "npi": "1234567893",
+            "organization": "Harbor Primary Care",
+        },
         "specialty": "cardiology",
         "urgency": "urgent",
         "reason": "Exertional chest pain, abnormal ECG",

@@ -16,8 +16,11 @@ from careloop.config import Settings
 from careloop.domain.access import SYSTEM_ACTOR
 from careloop.domain.errors import CareloopError
 
-cli = typer.Typer(help="careloop: governed referral coordination", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+cli = typer.Typer(
+    help="careloop: governed referral coordination",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 user_cli = typer.Typer(help="Manage users", no_args_is_help=True)
 token_cli = typer.Typer(help="Manage API tokens", no_args_is_help=True)
 workflows_cli = typer.Typer(help="Workflow definitions", no_args_is_help=True)
@@ -69,12 +72,17 @@ def serve(
     with _app() as app:
         worker = None
         if app.settings.run_worker:
-            worker = OutboxWorker(app.deps.uow, app.deps.clock, [log_event],
-                                  app.settings.worker_poll_seconds)
+            worker = OutboxWorker(
+                app.deps.uow, app.deps.clock, [log_event], app.settings.worker_poll_seconds
+            )
             worker.start()
         try:
-            uvicorn.run(create_app(app), host=host or app.settings.host,
-                        port=port or app.settings.port, log_level="warning")
+            uvicorn.run(
+                create_app(app),
+                host=host or app.settings.host,
+                port=port or app.settings.port,
+                log_level="warning",
+            )
         finally:
             if worker is not None:
                 worker.stop()
@@ -87,8 +95,9 @@ def worker() -> None:
 
     logging.basicConfig(level=logging.INFO)
     with _app() as app:
-        runner = OutboxWorker(app.deps.uow, app.deps.clock, [log_event],
-                              app.settings.worker_poll_seconds)
+        runner = OutboxWorker(
+            app.deps.uow, app.deps.clock, [log_event], app.settings.worker_poll_seconds
+        )
         runner.start()
         runner.join()
 
@@ -125,16 +134,24 @@ def user_add(
     username: str,
     roles: Annotated[str, typer.Option(help="comma-separated roles")],
     display_name: Annotated[str, typer.Option()] = "",
-    password: Annotated[str | None, typer.Option(help="omit for token-only users",
-                                                 prompt=False)] = None,
+    password: Annotated[
+        str | None, typer.Option(help="omit for token-only users", prompt=False)
+    ] = None,
 ) -> None:
     """Add a user with roles."""
     from careloop.services.accounts import add_user
 
     with _app() as app:
         try:
-            user_id = add_user(app.deps, SYSTEM_ACTOR, app.hashing, username, display_name,
-                               [r.strip() for r in roles.split(",") if r.strip()], password)
+            user_id = add_user(
+                app.deps,
+                SYSTEM_ACTOR,
+                app.hashing,
+                username,
+                display_name,
+                [r.strip() for r in roles.split(",") if r.strip()],
+                password,
+            )
         except CareloopError as error:
             typer.echo(f"error: {error.detail}", err=True)
             raise typer.Exit(2) from error
@@ -152,8 +169,9 @@ def token_create(
 
     with _app() as app:
         try:
-            token = create_token(app.deps, SYSTEM_ACTOR, username, name,
-                                 timedelta(days=days) if days else None)
+            token = create_token(
+                app.deps, SYSTEM_ACTOR, username, name, timedelta(days=days) if days else None
+            )
         except CareloopError as error:
             typer.echo(f"error: {error.detail}", err=True)
             raise typer.Exit(2) from error
@@ -173,8 +191,10 @@ def workflows_validate(path: Path) -> None:
     except OSError as error:
         typer.echo(f"{path}: {error.strerror}", err=True)
         raise typer.Exit(1) from error
-    typer.echo(f"{path}: ok ({workflow.key} v{workflow.version}, {len(workflow.states)} states, "
-               f"{len(workflow.transitions)} transitions)")
+    typer.echo(
+        f"{path}: ok ({workflow.key} v{workflow.version}, {len(workflow.states)} states, "
+        f"{len(workflow.transitions)} transitions)"
+    )
 
 
 @workflows_cli.command("list")

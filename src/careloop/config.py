@@ -22,8 +22,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     max_upload_bytes: int = Field(default=20_000_000, ge=1024)
     allowed_upload_types: tuple[str, ...] = (
-        "application/pdf", "image/tiff", "image/png", "image/jpeg", "text/plain",
-        "application/xml", "application/json",
+        "application/pdf",
+        "image/tiff",
+        "image/png",
+        "image/jpeg",
+        "text/plain",
+        "application/xml",
+        "application/json",
     )
     audit_chains: int = Field(default=16, ge=1, le=1024)
     db_pool_size: int = Field(default=10, ge=1, le=200)

@@ -25,25 +25,80 @@ SPECIALTIES = {
     "pulmonology": ["J45.909", "J44.9", "R06.02", "G47.33"],
     "oncology": ["C50.911", "C34.90", "D64.9", "R59.0"],
 }
-PAYERS = (("Blue Harbor Health", "PPO"), ("Summit Mutual", "HMO"),
-          ("State Medicaid", "Managed Care"), ("Medicare", "Part B"))
-FAMILY = ("Garcia", "Nguyen", "Smith", "Johnson", "Okafor", "Kowalski", "Haddad", "Tanaka",
-          "Brown", "Martinez", "Singh", "Olsen", "Moreau", "Rossi", "Kim", "Silva")
-GIVEN = ("Ana", "Ben", "Chloe", "David", "Elena", "Farah", "George", "Hana", "Ivan", "Julia",
-         "Kofi", "Lena", "Marco", "Nadia", "Omar", "Priya", "Quinn", "Rosa", "Sam", "Tara")
+PAYERS = (
+    ("Blue Harbor Health", "PPO"),
+    ("Summit Mutual", "HMO"),
+    ("State Medicaid", "Managed Care"),
+    ("Medicare", "Part B"),
+)
+FAMILY = (
+    "Garcia",
+    "Nguyen",
+    "Smith",
+    "Johnson",
+    "Okafor",
+    "Kowalski",
+    "Haddad",
+    "Tanaka",
+    "Brown",
+    "Martinez",
+    "Singh",
+    "Olsen",
+    "Moreau",
+    "Rossi",
+    "Kim",
+    "Silva",
+)
+GIVEN = (
+    "Ana",
+    "Ben",
+    "Chloe",
+    "David",
+    "Elena",
+    "Farah",
+    "George",
+    "Hana",
+    "Ivan",
+    "Julia",
+    "Kofi",
+    "Lena",
+    "Marco",
+    "Nadia",
+    "Omar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sam",
+    "Tara",
+)
 # Stage -> share of the demo, roughly what a live referral desk looks like.
 STAGES = {
-    "intake_received": 40, "documentation_review": 45, "awaiting_information": 30,
-    "eligibility_verification": 35, "eligibility_pending": 15, "authorization_pending": 40,
-    "clinical_triage": 40, "specialist_assignment": 35, "appointment_scheduled": 45,
-    "patient_notified": 40, "completed": 80, "declined": 20, "cancelled": 20, "closed": 15,
+    "intake_received": 40,
+    "documentation_review": 45,
+    "awaiting_information": 30,
+    "eligibility_verification": 35,
+    "eligibility_pending": 15,
+    "authorization_pending": 40,
+    "clinical_triage": 40,
+    "specialist_assignment": 35,
+    "appointment_scheduled": 45,
+    "patient_notified": 40,
+    "completed": 80,
+    "declined": 20,
+    "cancelled": 20,
+    "closed": 15,
 }
 STAFF = (
-    ("admin", Role.ADMINISTRATOR), ("irene.intake", Role.INTAKE_COORDINATOR),
-    ("rory.referrals", Role.REFERRAL_COORDINATOR), ("dr.tess.triage", Role.CLINICAL_TRIAGE),
-    ("uma.review", Role.UTILIZATION_REVIEW), ("sid.scheduler", Role.SCHEDULER),
-    ("fay.finance", Role.FINANCE), ("carl.manager", Role.CLINIC_MANAGER),
-    ("olga.operations", Role.OPERATIONS_MANAGER), ("audrey.auditor", Role.AUDITOR),
+    ("admin", Role.ADMINISTRATOR),
+    ("irene.intake", Role.INTAKE_COORDINATOR),
+    ("rory.referrals", Role.REFERRAL_COORDINATOR),
+    ("dr.tess.triage", Role.CLINICAL_TRIAGE),
+    ("uma.review", Role.UTILIZATION_REVIEW),
+    ("sid.scheduler", Role.SCHEDULER),
+    ("fay.finance", Role.FINANCE),
+    ("carl.manager", Role.CLINIC_MANAGER),
+    ("olga.operations", Role.OPERATIONS_MANAGER),
+    ("audrey.auditor", Role.AUDITOR),
 )
 DEMO_PASSWORD = "careloop-demo-2026"  # noqa: S105 - printed for the demo on purpose
 
@@ -66,13 +121,21 @@ def load_demo(app: App, referrals: int = 500, seed: int = 7) -> str:
     clock = ManualClock(now)
     deps = replace(app.deps, clock=clock)
     actors = _create_staff(app, deps)
-    specialists = {s: [f"Dr. {rng.choice(GIVEN)} {rng.choice(FAMILY)} ({s})"
-                       for _ in range(3 if s in ("cardiology", "orthopedics", "neurology",
-                                                 "gastroenterology") else 2)]
-                   for s in SPECIALTIES}
+    specialists = {
+        s: [
+            f"Dr. {rng.choice(GIVEN)} {rng.choice(FAMILY)} ({s})"
+            for _ in range(
+                3 if s in ("cardiology", "orthopedics", "neurology", "gastroenterology") else 2
+            )
+        ]
+        for s in SPECIALTIES
+    }
     total_weight = sum(STAGES.values())
-    targets = [stage for stage, weight in STAGES.items()
-               for _ in range(round(weight * referrals / total_weight))]
+    targets = [
+        stage
+        for stage, weight in STAGES.items()
+        for _ in range(round(weight * referrals / total_weight))
+    ]
     while len(targets) < referrals:
         targets.append("intake_received")
     rng.shuffle(targets)
@@ -85,9 +148,15 @@ def load_demo(app: App, referrals: int = 500, seed: int = 7) -> str:
 def _create_staff(app: App, deps: Any) -> dict[str, Actor]:
     actors = {}
     for username, role in STAFF:
-        user_id = accounts.add_user(deps, SYSTEM_ACTOR, app.hashing, username,
-                                    username.replace(".", " ").title(), [role.value],
-                                    DEMO_PASSWORD)
+        user_id = accounts.add_user(
+            deps,
+            SYSTEM_ACTOR,
+            app.hashing,
+            username,
+            username.replace(".", " ").title(),
+            [role.value],
+            DEMO_PASSWORD,
+        )
         actors[role.value] = Actor(user_id, username, frozenset({role.value}), "demo")
     return actors
 
@@ -98,84 +167,131 @@ def _referral(rng: random.Random, specialty: str) -> dict[str, Any]:
     urgency = rng.choices(("routine", "urgent", "emergent"), (75, 21, 4))[0]
     return {
         "patient": {
-            "family_name": rng.choice(FAMILY), "given_name": rng.choice(GIVEN),
-            "birth_date": birth.date().isoformat(), "sex": rng.choice(("female", "male")),
+            "family_name": rng.choice(FAMILY),
+            "given_name": rng.choice(GIVEN),
+            "birth_date": birth.date().isoformat(),
+            "sex": rng.choice(("female", "male")),
             "mrn": f"MRN{rng.randint(100000, 999999)}",
             "member_id": f"M{rng.randint(10000000, 99999999)}",
             "phone": f"+1 555 {rng.randint(100, 999)} {rng.randint(1000, 9999)}",
             "postal_code": f"{rng.randint(10000, 99999)}",
         },
-        "referring_provider": {"name": f"Dr. {rng.choice(GIVEN)} {rng.choice(FAMILY)}",
-                               "npi": make_npi(rng), "organization": "Primary Care Group"},
-        "specialty": specialty, "urgency": urgency,
+        "referring_provider": {
+            "name": f"Dr. {rng.choice(GIVEN)} {rng.choice(FAMILY)}",
+            "npi": make_npi(rng),
+            "organization": "Primary Care Group",
+        },
+        "specialty": specialty,
+        "urgency": urgency,
         "reason": f"Evaluation and management for {specialty} concern",
         "diagnoses": rng.sample(SPECIALTIES[specialty], k=rng.randint(1, 2)),
-        "payer": {"name": payer, "plan": plan,
-                  "member_id": f"P{rng.randint(1000000, 9999999)}"},
+        "payer": {"name": payer, "plan": plan, "member_id": f"P{rng.randint(1000000, 9999999)}"},
         "network_status": rng.choices(("in_network", "out_of_network"), (85, 15))[0],
         "clinic": rng.choice(CLINICS),
         "channel": rng.choice(("fax", "email", "portal", "fhir", "hl7", "payer", "web")),
     }
 
 
-_MAIN_PATH = ("begin_review", "documentation_complete", "eligibility", "triage_accept",
-              "schedule_appointment", "notify_patient", "complete")
+_MAIN_PATH = (
+    "begin_review",
+    "documentation_complete",
+    "eligibility",
+    "triage_accept",
+    "schedule_appointment",
+    "notify_patient",
+    "complete",
+)
 _PATHS: dict[str, tuple[str, ...]] = {
-    "intake_received": (), "documentation_review": _MAIN_PATH[:1],
+    "intake_received": (),
+    "documentation_review": _MAIN_PATH[:1],
     "awaiting_information": ("begin_review", "request_information"),
     "eligibility_verification": _MAIN_PATH[:2],
     "eligibility_pending": (*_MAIN_PATH[:2], "payer_unreachable"),
     "authorization_pending": (*_MAIN_PATH[:2], "eligible_authorization_required"),
-    "clinical_triage": _MAIN_PATH[:3], "specialist_assignment": _MAIN_PATH[:4],
-    "appointment_scheduled": _MAIN_PATH[:5], "patient_notified": _MAIN_PATH[:6],
-    "completed": _MAIN_PATH, "declined": (*_MAIN_PATH[:3], "triage_decline"),
+    "clinical_triage": _MAIN_PATH[:3],
+    "specialist_assignment": _MAIN_PATH[:4],
+    "appointment_scheduled": _MAIN_PATH[:5],
+    "patient_notified": _MAIN_PATH[:6],
+    "completed": _MAIN_PATH,
+    "declined": (*_MAIN_PATH[:3], "triage_decline"),
     "cancelled": ("begin_review", "cancel"),
     "closed": ("begin_review", "request_information", "close_unresponsive"),
 }
-_REASONS = {"request_information": "Referral letter missing the imaging report",
-            "payer_unreachable": "Payer portal down; phone queue over 60 minutes",
-            "triage_decline": "Condition manageable in primary care; advice sent",
-            "cancel": "Patient chose another provider",
-            "close_unresponsive": "No response after three contact attempts"}
+_REASONS = {
+    "request_information": "Referral letter missing the imaging report",
+    "payer_unreachable": "Payer portal down; phone queue over 60 minutes",
+    "triage_decline": "Condition manageable in primary care; advice sent",
+    "cancel": "Patient chose another provider",
+    "close_unresponsive": "No response after three contact attempts",
+}
 
 
-def _create_one(deps: Any, clock: ManualClock, rng: random.Random, actors: dict[str, Actor],
-                specialists: dict[str, list[str]], target: str, now: datetime) -> None:
+def _create_one(
+    deps: Any,
+    clock: ManualClock,
+    rng: random.Random,
+    actors: dict[str, Actor],
+    specialists: dict[str, list[str]],
+    target: str,
+    now: datetime,
+) -> None:
     specialty = rng.choice(list(SPECIALTIES))
     path = _PATHS[target]
     # Older referrals for later stages: each step takes hours to days.
     age_hours = rng.uniform(1, 20) + len(path) * rng.uniform(4, 60)
     clock.set(now - timedelta(hours=age_hours))
     data = _referral(rng, specialty)
-    if target in ("clinical_triage", "specialist_assignment", "appointment_scheduled",
-                  "patient_notified", "completed", "declined"):
+    if target in (
+        "clinical_triage",
+        "specialist_assignment",
+        "appointment_scheduled",
+        "patient_notified",
+        "completed",
+        "declined",
+    ):
         data["network_status"] = "in_network"
     channel_actor = actors[Role.INTAKE_COORDINATOR.value]
     case, _ = cases.create_referral(deps, channel_actor, validate_referral(data))
     for step in path:
         clock.advance(hours=rng.uniform(1, min(48.0, max(1.5, age_hours / (len(path) + 1)))))
         if step == "documentation_complete":
-            attachments.add_document(deps, channel_actor, case.id, "referral_letter",
-                                     "referral.pdf", "application/pdf",
-                                     b"%PDF-1.4\n% synthetic referral letter\n")
+            attachments.add_document(
+                deps,
+                channel_actor,
+                case.id,
+                "referral_letter",
+                "referral.pdf",
+                "application/pdf",
+                b"%PDF-1.4\n% synthetic referral letter\n",
+            )
         name, changes = step, None
         if step == "eligibility":
             name = "eligible_no_authorization"
         elif step == "schedule_appointment":
             when = now + timedelta(days=rng.randint(1, 30), hours=rng.randint(8, 16))
-            changes = ReferralChanges(specialist=rng.choice(specialists[specialty]),
-                                      appointment_at=when)
+            changes = ReferralChanges(
+                specialist=rng.choice(specialists[specialty]), appointment_at=when
+            )
         workflow = deps.workflows.get(case.workflow_key, case.workflow_version)
         roles = workflow.transitions[name].roles
         actor = next(a for role, a in actors.items() if role in roles)
-        case = cases.transition_case(deps, actor, case.id, name, case.version,
-                                     _REASONS.get(name), changes)
-    if rng.random() < 0.6 and not deps.workflows.get(
-            case.workflow_key, case.workflow_version).states[case.state].terminal:
+        case = cases.transition_case(
+            deps, actor, case.id, name, case.version, _REASONS.get(name), changes
+        )
+    if (
+        rng.random() < 0.6
+        and not deps.workflows.get(case.workflow_key, case.workflow_version)
+        .states[case.state]
+        .terminal
+    ):
         coordinator = actors[Role.REFERRAL_COORDINATOR.value]
-        case = cases.assign_case(deps, coordinator, case.id, case.version,
-                                 rng.choice(("irene.intake", "rory.referrals", "uma.review",
-                                             "sid.scheduler")))
+        case = cases.assign_case(
+            deps,
+            coordinator,
+            case.id,
+            case.version,
+            rng.choice(("irene.intake", "rory.referrals", "uma.review", "sid.scheduler")),
+        )
 
 
 def _sign_in_text(app: App, referrals: int, token: str, specialists: int) -> str:

@@ -37,14 +37,20 @@ def _tamper(app: App, statement: str) -> None:
 
 def _busiest_chain(app: App) -> int:
     with app.engine.connect() as connection:
-        return int(connection.execute(
-            select(audit_log.c.chain).group_by(audit_log.c.chain)
-            .order_by(func.count().desc()).limit(1)).scalar_one())
+        return int(
+            connection.execute(
+                select(audit_log.c.chain)
+                .group_by(audit_log.c.chain)
+                .order_by(func.count().desc())
+                .limit(1)
+            ).scalar_one()
+        )
 
 
 def _run_verify(app: App, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
-    monkeypatch.setenv("CARELOOP_DATABASE_URL", str(app.engine.url.render_as_string(
-        hide_password=False)))
+    monkeypatch.setenv(
+        "CARELOOP_DATABASE_URL", str(app.engine.url.render_as_string(hide_password=False))
+    )
     result = CliRunner().invoke(cli, ["audit", "verify"])
     return result.exit_code, result.output
 
@@ -56,18 +62,27 @@ def test_intact_log_verifies(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "audit log intact: 12 entries" in output
 
 
-@pytest.mark.parametrize("attack, expected", [
-    ("UPDATE audit_log SET actor_name = 'mallory' WHERE chain = {c} AND seq = 2",
-     "entry 2: entry content does not match its hash"),
-    ("DELETE FROM audit_log WHERE chain = {c} AND seq = 2", "entry 3: expected seq 2"),
-    ("INSERT INTO audit_log (chain, seq, occurred_at, actor_id, actor_name, action, outcome,"
-     " data_category, source_address, reason, detail, prev_hash, hash)"
-     " SELECT chain, 0, occurred_at, actor_id, actor_name, 'case.read', outcome, data_category,"
-     " source_address, reason, detail, prev_hash, hash FROM audit_log"
-     " WHERE chain = {c} AND seq = 1", "entry 0: expected seq 1"),
-])
+@pytest.mark.parametrize(
+    "attack, expected",
+    [
+        (
+            "UPDATE audit_log SET actor_name = 'mallory' WHERE chain = {c} AND seq = 2",
+            "entry 2: entry content does not match its hash",
+        ),
+        ("DELETE FROM audit_log WHERE chain = {c} AND seq = 2", "entry 3: expected seq 2"),
+        (
+            "INSERT INTO audit_log (chain, seq, occurred_at, actor_id, actor_name, action, outcome,"
+            " data_category, source_address, reason, detail, prev_hash, hash)"
+            " SELECT chain, 0, occurred_at, actor_id, actor_name, 'case.read', outcome,"
+            " data_category, source_address, reason, detail, prev_hash, hash FROM audit_log"
+            " WHERE chain = {c} AND seq = 1",
+            "entry 0: expected seq 1",
+        ),
+    ],
+)
 def test_tampering_is_detected_and_the_first_bad_entry_named(
-        app: App, monkeypatch: pytest.MonkeyPatch, attack: str, expected: str) -> None:
+    app: App, monkeypatch: pytest.MonkeyPatch, attack: str, expected: str
+) -> None:
     _fill(app, 30)  # enough that the busiest of the 16 chains has entries past seq 2
     chain = _busiest_chain(app)
     _tamper(app, attack.format(c=chain))
@@ -79,8 +94,11 @@ def test_tampering_is_detected_and_the_first_bad_entry_named(
 def test_truncated_tail_is_detected(app: App) -> None:
     _fill(app)
     chain = _busiest_chain(app)
-    _tamper(app, f"DELETE FROM audit_log WHERE chain = {chain} AND seq = "
-                 f"(SELECT max(seq) FROM audit_log WHERE chain = {chain})")
+    _tamper(
+        app,
+        f"DELETE FROM audit_log WHERE chain = {chain} AND seq = "
+        f"(SELECT max(seq) FROM audit_log WHERE chain = {chain})",
+    )
     bad = [r for r in verify_audit_log(app.engine) if not r.ok]
     assert len(bad) == 1 and "deleted from the end" in bad[0].problem
 

@@ -16,7 +16,8 @@ def test_unmigrated_database_is_refused_with_the_command_to_run(database_url: st
 
 
 def test_migrate_upgrades_and_stores_the_shipped_workflow(
-        database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CARELOOP_DATABASE_URL", database_url)
     runner = CliRunner()
     result = runner.invoke(cli, ["migrate"])
@@ -32,7 +33,8 @@ def test_migrate_upgrades_and_stores_the_shipped_workflow(
 
 
 def test_serve_refuses_an_unmigrated_database(
-        sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CARELOOP_DATABASE_URL", sqlite_url)
     result = CliRunner().invoke(cli, ["serve", "--port", "1"])
     assert result.exit_code == 2

@@ -23,8 +23,10 @@ from tests.conftest import ADMIN, FINANCE, INTAKE, SCHEDULER, TRIAGE, referral_p
 
 def _counts(app: App) -> dict[str, int]:
     with app.engine.connect() as connection:
-        return {t.name: connection.execute(select(func.count()).select_from(t)).scalar_one()
-                for t in (cases, case_history, audit_log, outbox)}
+        return {
+            t.name: connection.execute(select(func.count()).select_from(t)).scalar_one()
+            for t in (cases, case_history, audit_log, outbox)
+        }
 
 
 def _create(app: App, **overrides: object) -> int:
@@ -44,14 +46,17 @@ def test_create_writes_case_history_audit_and_outbox_in_one_transaction(app: App
 
 
 def test_transition_by_allowed_role_moves_the_case_and_records_everything(
-        app: App, clock: ManualClock) -> None:
+    app: App, clock: ManualClock
+) -> None:
     case_id = _create(app)
     clock.advance(hours=2)
     case = transition_case(app.deps, INTAKE, case_id, "begin_review", 1)
     assert (case.state, case.version) == ("documentation_review", 2)
     history = queries.read_case_part(app.deps, ADMIN, case_id, "history")
     assert [(h["from_state"], h["to_state"]) for h in history] == [
-        (None, "intake_received"), ("intake_received", "documentation_review")]
+        (None, "intake_received"),
+        ("intake_received", "documentation_review"),
+    ]
     assert history[1]["occurred_at"] == clock.now()
 
 
@@ -65,11 +70,14 @@ def test_stale_version_is_refused_and_changes_nothing(app: App) -> None:
     assert _counts(app) == before
 
 
-@pytest.mark.parametrize("actor, name, error", [
-    (INTAKE, "triage_accept", TransitionNotAllowed),   # wrong state
-    (FINANCE, "begin_review", PermissionDenied),      # role may not transition at all
-    (TRIAGE, "begin_review", TransitionNotAllowed),   # role not listed on the transition
-])
+@pytest.mark.parametrize(
+    "actor, name, error",
+    [
+        (INTAKE, "triage_accept", TransitionNotAllowed),  # wrong state
+        (FINANCE, "begin_review", PermissionDenied),  # role may not transition at all
+        (TRIAGE, "begin_review", TransitionNotAllowed),  # role not listed on the transition
+    ],
+)
 def test_refused_transitions_write_nothing(app: App, actor, name, error) -> None:
     case_id = _create(app)
     before = _counts(app)
@@ -82,8 +90,14 @@ def test_guard_failure_with_field_changes_rolls_back_the_changes(app: App) -> No
     case_id = _create(app)
     transition_case(app.deps, INTAKE, case_id, "begin_review", 1)
     with pytest.raises(GuardFailed):
-        transition_case(app.deps, INTAKE, case_id, "documentation_complete", 2,
-                        changes=ReferralChanges(reason="changed"))
+        transition_case(
+            app.deps,
+            INTAKE,
+            case_id,
+            "documentation_complete",
+            2,
+            changes=ReferralChanges(reason="changed"),
+        )
     case, _ = queries.get_case(app.deps, ADMIN, case_id)
     assert case.data["reason"] == "Exertional chest pain, abnormal ECG"
     assert case.version == 2
@@ -95,14 +109,24 @@ def test_full_lifecycle_to_completed(app: App, clock: ManualClock) -> None:
     version = 1
     for actor, name, changes in steps:
         version = transition_case(app.deps, actor, case_id, name, version, None, changes).version
-    attachments.add_document(app.deps, INTAKE, case_id, "referral_letter", "letter.pdf",
-                             "application/pdf", b"%PDF-1.7 letter")
+    attachments.add_document(
+        app.deps,
+        INTAKE,
+        case_id,
+        "referral_letter",
+        "letter.pdf",
+        "application/pdf",
+        b"%PDF-1.7 letter",
+    )
     for actor, name, changes in [
         (INTAKE, "documentation_complete", None),
         (ADMIN, "eligible_no_authorization", None),
         (TRIAGE, "triage_accept", None),
-        (SCHEDULER, "schedule_appointment",
-         ReferralChanges(specialist="Dr. Heart", appointment_at=clock.now())),
+        (
+            SCHEDULER,
+            "schedule_appointment",
+            ReferralChanges(specialist="Dr. Heart", appointment_at=clock.now()),
+        ),
         (SCHEDULER, "notify_patient", None),
         (SCHEDULER, "complete", None),
     ]:
@@ -129,8 +153,12 @@ def test_idempotency_key_returns_the_first_result_or_refuses_a_new_body(app: App
     again, created_again = create_referral(app.deps, INTAKE, payload, "fax-2026-0001")
     assert created and not created_again and again.id == first.id
     with pytest.raises(IdempotencyConflict):
-        create_referral(app.deps, INTAKE, validate_referral(referral_payload(urgency="routine")),
-                        "fax-2026-0001")
+        create_referral(
+            app.deps,
+            INTAKE,
+            validate_referral(referral_payload(urgency="routine")),
+            "fax-2026-0001",
+        )
     assert _counts(app)["cases"] == 1
 
 
@@ -141,8 +169,9 @@ def test_reads_of_patient_data_are_audited(app: App) -> None:
     with app.engine.connect() as connection:
         actions = connection.execute(
             select(audit_log.c.action, audit_log.c.actor_name, audit_log.c.data_category)
-            .where(audit_log.c.case_id == case_id).order_by(audit_log.c.occurred_at,
-                                                            audit_log.c.seq)).all()
+            .where(audit_log.c.case_id == case_id)
+            .order_by(audit_log.c.occurred_at, audit_log.c.seq)
+        ).all()
     assert ("case.read", "ada.admin", "demographics") in actions
     assert ("case.notes.read", "ada.admin", "clinical") in actions
 
@@ -162,7 +191,8 @@ def test_cases_pin_the_workflow_version_they_started_with(app: App, clock: Manua
     text_v1 = dict(shipped_definitions())["careloop/definitions/referral.yaml"]
     text_v2 = text_v1.replace("version: 1", "version: 2").replace(
         "    requires_fields: [patient.family_name, patient.birth_date, specialty]\n",
-        "    requires_fields: [patient.family_name, patient.birth_date, specialty, specialist]\n")
+        "    requires_fields: [patient.family_name, patient.birth_date, specialty, specialist]\n",
+    )
     app.deps.workflows.store(text_v2, "referral-v2.yaml", clock.now())
     new_id = _create(app)
     old, _ = queries.get_case(app.deps, ADMIN, case_id)

@@ -12,10 +12,17 @@ def _chain(n: int) -> list[AuditEntry]:
     entries: list[AuditEntry] = []
     prev_seq, prev_hash = 0, GENESIS_HASH
     for i in range(n):
-        record = AuditRecord(occurred_at=T0 + timedelta(seconds=i), actor_id=1,
-                             actor_name="ada", action="case.read", case_id=i,
-                             patient_ref=f"MRN{i}", data_category="demographics",
-                             source_address="10.0.0.1", detail={"i": i})
+        record = AuditRecord(
+            occurred_at=T0 + timedelta(seconds=i),
+            actor_id=1,
+            actor_name="ada",
+            action="case.read",
+            case_id=i,
+            patient_ref=f"MRN{i}",
+            data_category="demographics",
+            source_address="10.0.0.1",
+            detail={"i": i},
+        )
         entry = chain_entry(3, prev_seq, prev_hash, record)
         entries.append(entry)
         prev_seq, prev_hash = entry.seq, entry.hash

@@ -9,15 +9,25 @@ from careloop.domain.case import Case
 from careloop.domain.errors import GuardFailed, TransitionNotAllowed
 from tests.conftest import ADMIN, INTAKE, TRIAGE, referral_payload
 
-WORKFLOW = load_workflow_text(dict(shipped_definitions())["careloop/definitions/referral.yaml"],
-                              "referral.yaml")
+WORKFLOW = load_workflow_text(
+    dict(shipped_definitions())["careloop/definitions/referral.yaml"], "referral.yaml"
+)
 NOW = datetime(2026, 3, 2, 9, tzinfo=UTC)
 
 
 def _case(state: str = "intake_received", **data: object) -> Case:
-    return Case(id=1, case_type="referral", workflow_key=WORKFLOW.key, workflow_version=1,
-                state=state, version=1, data=referral_payload(**data), created_at=NOW,
-                updated_at=NOW, state_entered_at=NOW)
+    return Case(
+        id=1,
+        case_type="referral",
+        workflow_key=WORKFLOW.key,
+        workflow_version=1,
+        state=state,
+        version=1,
+        data=referral_payload(**data),
+        created_at=NOW,
+        updated_at=NOW,
+        state_entered_at=NOW,
+    )
 
 
 def test_intake_coordinator_begins_review_and_an_event_is_recorded() -> None:
@@ -51,7 +61,7 @@ def test_missing_document_and_failing_guard_block_documentation_complete() -> No
         case.transition(WORKFLOW, "documentation_complete", INTAKE, None, NOW)
     assert [p.field for p in caught.value.problems] == ["documents"]
     case.document_types = ["referral_letter"]
-    with pytest.raises(GuardFailed, match="size\\(case.diagnoses\\) > 0"):
+    with pytest.raises(GuardFailed, match=r"size\(case.diagnoses\) > 0"):
         case.transition(WORKFLOW, "documentation_complete", INTAKE, None, NOW)
     case.data["diagnoses"] = ["I10"]
     case.transition(WORKFLOW, "documentation_complete", INTAKE, None, NOW)

@@ -36,11 +36,22 @@ def _problems(text: str) -> list[str]:
 
 def test_shipped_referral_workflow_loads_with_every_stage() -> None:
     workflow = load_workflow_text(SHIPPED, "referral.yaml")
-    for state in ("intake_received", "documentation_review", "eligibility_verification",
-                  "authorization_pending", "clinical_triage", "specialist_assignment",
-                  "appointment_scheduled", "patient_notified", "completed",
-                  "awaiting_information", "eligibility_pending", "declined", "cancelled",
-                  "closed"):
+    for state in (
+        "intake_received",
+        "documentation_review",
+        "eligibility_verification",
+        "authorization_pending",
+        "clinical_triage",
+        "specialist_assignment",
+        "appointment_scheduled",
+        "patient_notified",
+        "completed",
+        "awaiting_information",
+        "eligibility_pending",
+        "declined",
+        "cancelled",
+        "closed",
+    ):
         assert state in workflow.states
     assert workflow.states["awaiting_information"].kind == "hold"
     assert workflow.states["completed"].fhir.task_status == "completed"
@@ -59,12 +70,16 @@ def test_unknown_state_in_transition_names_file_and_line() -> None:
 
 
 def test_unreachable_state_is_an_error() -> None:
-    text = MINIMAL.replace("transitions:", """  orphan:
+    text = MINIMAL.replace(
+        "transitions:",
+        """  orphan:
     terminal: true
     fhir: {task_status: failed, business_status: x, service_request_status: revoked}
-transitions:""")
-    assert any("'orphan' is unreachable" in p and p.startswith("wf.yaml:11:")
-               for p in _problems(text))
+transitions:""",
+    )
+    assert any(
+        "'orphan' is unreachable" in p and p.startswith("wf.yaml:11:") for p in _problems(text)
+    )
 
 
 def test_non_terminal_dead_end_is_an_error() -> None:
@@ -90,8 +105,7 @@ def test_guard_with_type_mismatch_is_an_error() -> None:
 
 def test_unknown_required_field_role_and_document_are_errors() -> None:
     text = MINIMAL + (
-        "    requires_fields: [patient.shoe_size]\n"
-        "    requires_documents: [selfie]\n"
+        "    requires_fields: [patient.shoe_size]\n    requires_documents: [selfie]\n"
     )
     text = text.replace("roles: [administrator]", "roles: [janitor]")
     problems = "\n".join(_problems(text))
@@ -102,7 +116,8 @@ def test_unknown_required_field_role_and_document_are_errors() -> None:
 
 def test_bad_fhir_codes_unknown_keys_and_bad_sla_are_errors() -> None:
     text = MINIMAL.replace("task_status: received", "task_status: sleeping").replace(
-        "  open:\n", "  open:\n    colour: blue\n    sla: {routine: soon}\n")
+        "  open:\n", "  open:\n    colour: blue\n    sla: {routine: soon}\n"
+    )
     problems = "\n".join(_problems(text))
     assert "'sleeping' is not a FHIR Task.status code" in problems
     assert "unknown key 'colour'" in problems
@@ -110,8 +125,9 @@ def test_bad_fhir_codes_unknown_keys_and_bad_sla_are_errors() -> None:
 
 
 def test_every_problem_is_reported_at_once() -> None:
-    text = MINIMAL.replace("to: done", "to: nowhere").replace("roles: [administrator]",
-                                                               "roles: [janitor]")
+    text = MINIMAL.replace("to: done", "to: nowhere").replace(
+        "roles: [administrator]", "roles: [janitor]"
+    )
     assert len(_problems(text)) >= 2
 
 

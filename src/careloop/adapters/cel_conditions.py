@@ -58,13 +58,19 @@ def _check_references(expression: str, fields: Mapping[str, str]) -> None:
         path = match.group(1)[1:]
         # A method call such as case.reason.startsWith(...) ends in a non-field name.
         parts = path.split(".")
-        known = next((".".join(parts[:n]) for n in range(len(parts), 0, -1)
-                      if ".".join(parts[:n]) in prefixes), None)
+        known = next(
+            (
+                ".".join(parts[:n])
+                for n in range(len(parts), 0, -1)
+                if ".".join(parts[:n]) in prefixes
+            ),
+            None,
+        )
         if known is None:
             raise ConditionError(f"unknown field 'case.{path}'")
         if known != path and known not in fields:
             raise ConditionError(f"unknown field 'case.{path}'")
-        rest = parts[len(known.split(".")):]
+        rest = parts[len(known.split(".")) :]
         if rest and not _is_call(code, match.end(), rest):
             raise ConditionError(f"unknown field 'case.{path}'")
 

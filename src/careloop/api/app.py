@@ -24,6 +24,9 @@ def create_app(app: App) -> FastAPI:
     problems.install(api)
     api.include_router(referrals.router)
     api.include_router(system.router)
-    api.add_middleware(BodyLimitMiddleware, max_body_bytes=app.settings.max_body_bytes,
-                       max_upload_bytes=app.settings.max_upload_bytes)
+    api.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=app.settings.max_body_bytes,
+        max_upload_bytes=app.settings.max_upload_bytes,
+    )
     return api

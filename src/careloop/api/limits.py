@@ -49,12 +49,23 @@ class BodyLimitMiddleware:
 
 
 async def _reject(send: Send, limit: int) -> None:
-    body = json.dumps({
-        "type": "https://careloop.dev/problems/payload_too_large", "title": "Payload too large",
-        "status": 413, "code": "payload_too_large",
-        "detail": f"the request body is larger than {limit} bytes",
-    }).encode()
-    await send({"type": "http.response.start", "status": 413, "headers": [
-        (b"content-type", b"application/problem+json"),
-        (b"content-length", str(len(body)).encode())]})
+    body = json.dumps(
+        {
+            "type": "https://careloop.dev/problems/payload_too_large",
+            "title": "Payload too large",
+            "status": 413,
+            "code": "payload_too_large",
+            "detail": f"the request body is larger than {limit} bytes",
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -25,19 +25,33 @@ STATUS: dict[type[errors.CareloopError], int] = {
     errors.DefinitionInvalid: 422,
 }
 TITLES = {
-    400: "Bad request", 401: "Not authenticated", 403: "Forbidden", 404: "Not found",
-    405: "Method not allowed", 409: "Conflict", 413: "Payload too large",
-    415: "Unsupported media type", 422: "Unprocessable content", 500: "Internal error",
+    400: "Bad request",
+    401: "Not authenticated",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Unprocessable content",
+    500: "Internal error",
 }
 
 
-def problem(status: int, code: str, detail: str, instance: str = "",
-            **extra: Any) -> JSONResponse:
-    body = {"type": f"https://careloop.dev/problems/{code}", "title": TITLES.get(status, "Error"),
-            "status": status, "code": code, "detail": detail, "instance": instance, **extra}
+def problem(status: int, code: str, detail: str, instance: str = "", **extra: Any) -> JSONResponse:
+    body = {
+        "type": f"https://careloop.dev/problems/{code}",
+        "title": TITLES.get(status, "Error"),
+        "status": status,
+        "code": code,
+        "detail": detail,
+        "instance": instance,
+        **extra,
+    }
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body, status_code=status, media_type="application/problem+json",
-                        headers=headers)
+    return JSONResponse(
+        body, status_code=status, media_type="application/problem+json", headers=headers
+    )
 
 
 def _fields(problems: list[errors.FieldProblem]) -> list[dict[str, str]]:
@@ -53,8 +67,9 @@ async def _careloop_error(request: Request, error: Exception) -> JSONResponse:
     if isinstance(error, errors.StaleVersion):
         extra["current_version"] = error.actual
     if isinstance(error, errors.DefinitionInvalid):
-        extra["errors"] = [{"source": p.source, "line": p.line, "problem": p.problem}
-                           for p in error.problems]
+        extra["errors"] = [
+            {"source": p.source, "line": p.line, "problem": p.problem} for p in error.problems
+        ]
     return problem(status, error.code, error.detail, request.url.path, **extra)
 
 
@@ -65,9 +80,13 @@ async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     if malformed is not None:
         position = malformed.get("loc", ("body", "?"))[-1]
         reason = malformed.get("ctx", {}).get("error", "invalid JSON")
-        return problem(400, "malformed_json",
-                       f"the body is not valid JSON: {reason} at character {position}",
-                       request.url.path, errors=[{"field": "body", "problem": reason}])
+        return problem(
+            400,
+            "malformed_json",
+            f"the body is not valid JSON: {reason} at character {position}",
+            request.url.path,
+            errors=[{"field": "body", "problem": reason}],
+        )
     for item in error.errors():
         location = [str(p) for p in item.get("loc", ())]
         if location and location[0] in ("body", "query", "path", "header"):
@@ -75,8 +94,9 @@ async def _validation_error(request: Request, error: Exception) -> JSONResponse:
         message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
         fields.append({"field": ".".join(location) or "body", "problem": message})
     detail = "; ".join(f"{f['field']}: {f['problem']}" for f in fields)
-    return problem(422, "invalid_input", f"invalid input ({detail})", request.url.path,
-                   errors=fields)
+    return problem(
+        422, "invalid_input", f"invalid input ({detail})", request.url.path, errors=fields
+    )
 
 
 async def _http_error(request: Request, error: Exception) -> JSONResponse:

@@ -42,8 +42,13 @@ class Action(StrEnum):
 
 
 _WORK = {
-    Action.CASE_READ, Action.CASE_TRANSITION, Action.CASE_NOTE, Action.CASE_DOCUMENT_ADD,
-    Action.CASE_DOCUMENT_READ, Action.CASE_TASK, Action.WORKFLOW_READ,
+    Action.CASE_READ,
+    Action.CASE_TRANSITION,
+    Action.CASE_NOTE,
+    Action.CASE_DOCUMENT_ADD,
+    Action.CASE_DOCUMENT_READ,
+    Action.CASE_TASK,
+    Action.WORKFLOW_READ,
 }
 _MANAGE = _WORK | {Action.CASE_ASSIGN, Action.CASE_CREATE}
 
@@ -80,8 +85,11 @@ class Actor:
     extra: dict[str, str] = field(default_factory=dict)
 
     def can(self, action: Action) -> bool:
-        return any(action in GRANTS.get(Role(role), frozenset()) for role in self.roles
-                   if role in ROLE_NAMES)
+        return any(
+            action in GRANTS.get(Role(role), frozenset())
+            for role in self.roles
+            if role in ROLE_NAMES
+        )
 
     def require(self, action: Action) -> None:
         if not self.can(action):

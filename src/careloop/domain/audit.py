@@ -61,8 +61,9 @@ def canonical_encoding(chain: int, seq: int, record: AuditRecord) -> bytes:
         "reason": record.reason,
         "detail": record.detail,
     }
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      default=str).encode()
+    return json.dumps(
+        body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    ).encode()
 
 
 def compute_hash(prev_hash: str, chain: int, seq: int, record: AuditRecord) -> str:
@@ -94,8 +95,12 @@ def verify_chain(
         checked += 1
         where = (chain, entry.seq)
         if entry.seq != expected_seq:
-            return VerifyResult(False, checked, where,
-                                f"expected seq {expected_seq}: an entry was deleted or inserted")
+            return VerifyResult(
+                False,
+                checked,
+                where,
+                f"expected seq {expected_seq}: an entry was deleted or inserted",
+            )
         if entry.prev_hash != expected_prev:
             return VerifyResult(False, checked, where, "previous-hash link is broken")
         if compute_hash(entry.prev_hash, chain, entry.seq, entry.record) != entry.hash:
@@ -103,7 +108,11 @@ def verify_chain(
         expected_seq, expected_prev = entry.seq + 1, entry.hash
     last_seq = expected_seq - 1
     if head is not None and (head[0], head[1]) != (last_seq, expected_prev):
-        return VerifyResult(False, checked, (chain, last_seq + 1),
-                            f"chain head says seq {head[0]} but the log ends at {last_seq}: "
-                            "entries were deleted from the end")
+        return VerifyResult(
+            False,
+            checked,
+            (chain, last_seq + 1),
+            f"chain head says seq {head[0]} but the log ends at {last_seq}: "
+            "entries were deleted from the end",
+        )
     return VerifyResult(True, checked)

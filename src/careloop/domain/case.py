@@ -58,8 +58,7 @@ class Case:
         if transition is None or self.state not in transition.sources:
             allowed = sorted(t.name for t in workflow.transitions_from(self.state))
             raise TransitionNotAllowed(
-                f"transition {name!r} is not allowed from state {self.state!r}; "
-                f"allowed: {allowed}"
+                f"transition {name!r} is not allowed from state {self.state!r}; allowed: {allowed}"
             )
         if not (transition.roles & actor.roles):
             raise TransitionNotAllowed(
@@ -73,13 +72,19 @@ class Case:
         self.events.append(
             Event(
                 "case.transitioned",
-                {"from": previous, "to": transition.target, "transition": name,
-                 "reason": reason or ""},
+                {
+                    "from": previous,
+                    "to": transition.target,
+                    "transition": name,
+                    "reason": reason or "",
+                },
             )
         )
         return transition
 
-    def _check_requirements(self, transition: Transition, reason: str | None, now: datetime) -> None:
+    def _check_requirements(
+        self, transition: Transition, reason: str | None, now: datetime
+    ) -> None:
         problems = [
             FieldProblem(path, "required for this transition")
             for path in transition.required_fields
@@ -99,7 +104,9 @@ class Case:
         try:
             passed = transition.guard.evaluate(self.activation(now))
         except ConditionError as error:
-            raise GuardFailed(f"guard of {transition.name!r} could not be evaluated: {error}") from error
+            raise GuardFailed(
+                f"guard of {transition.name!r} could not be evaluated: {error}"
+            ) from error
         if not passed:
             raise GuardFailed(
                 f"guard of {transition.name!r} is not satisfied: {transition.guard.source}"

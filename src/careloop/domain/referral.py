@@ -8,8 +8,17 @@ from careloop.domain.workflow_builder import CaseTypeSchema
 CASE_TYPE = "referral"
 
 SPECIALTIES = (
-    "cardiology", "dermatology", "endocrinology", "gastroenterology", "neurology",
-    "oncology", "orthopedics", "pulmonology", "rheumatology", "urology", "ophthalmology",
+    "cardiology",
+    "dermatology",
+    "endocrinology",
+    "gastroenterology",
+    "neurology",
+    "oncology",
+    "orthopedics",
+    "pulmonology",
+    "rheumatology",
+    "urology",
+    "ophthalmology",
     "psychiatry",
 )
 URGENCIES = ("routine", "urgent", "emergent")
@@ -18,8 +27,14 @@ CHANNELS = ("fax", "email", "portal", "fhir", "hl7", "payer", "phone", "web", "a
 SEXES = ("female", "male", "other", "unknown")
 DOCUMENT_TYPES = frozenset(
     {
-        "referral_letter", "clinical_notes", "lab_results", "imaging", "insurance_card",
-        "authorization", "consent", "other",
+        "referral_letter",
+        "clinical_notes",
+        "lab_results",
+        "imaging",
+        "insurance_card",
+        "authorization",
+        "consent",
+        "other",
     }
 )
 

@@ -14,8 +14,18 @@ from careloop.domain.conditions import Condition
 # FHIR R4 value sets the definition maps each state onto.
 FHIR_TASK_STATUSES = frozenset(
     {
-        "draft", "requested", "received", "accepted", "rejected", "ready", "cancelled",
-        "in-progress", "on-hold", "failed", "completed", "entered-in-error",
+        "draft",
+        "requested",
+        "received",
+        "accepted",
+        "rejected",
+        "ready",
+        "cancelled",
+        "in-progress",
+        "on-hold",
+        "failed",
+        "completed",
+        "entered-in-error",
     }
 )
 FHIR_SERVICE_REQUEST_STATUSES = frozenset(

@@ -31,8 +31,17 @@ _STATE_KINDS = frozenset({"active", "hold", "exception", "closed"})
 _TOP_KEYS = frozenset({"key", "version", "case_type", "title", "initial", "states", "transitions"})
 _STATE_KEYS = frozenset({"label", "fhir", "terminal", "kind", "sla"})
 _TRANSITION_KEYS = frozenset(
-    {"name", "from", "to", "roles", "guard", "requires_fields", "requires_documents",
-     "reason_required", "label"}
+    {
+        "name",
+        "from",
+        "to",
+        "roles",
+        "guard",
+        "requires_fields",
+        "requires_documents",
+        "reason_required",
+        "label",
+    }
 )
 
 
@@ -114,7 +123,10 @@ def build_workflow(
 
 
 def _check_keys(
-    out: _Collector, path: Path, node: Mapping[str, Any], allowed: frozenset[str],
+    out: _Collector,
+    path: Path,
+    node: Mapping[str, Any],
+    allowed: frozenset[str],
     required: frozenset[str] = frozenset(),
 ) -> None:
     for unknown in sorted(set(node) - allowed):
@@ -231,7 +243,9 @@ def _build_transitions(
             sources=tuple(sources),
             target=target,
             roles=roles,
-            guard=_compile_guard(out, (*path, "guard"), spec.get("guard"), schema, compile_condition),
+            guard=_compile_guard(
+                out, (*path, "guard"), spec.get("guard"), schema, compile_condition
+            ),
             required_fields=fields,
             required_documents=documents,
             reason_required=bool(spec.get("reason_required", False)),
@@ -241,7 +255,10 @@ def _build_transitions(
 
 
 def _compile_guard(
-    out: _Collector, path: Path, expression: object, schema: CaseTypeSchema,
+    out: _Collector,
+    path: Path,
+    expression: object,
+    schema: CaseTypeSchema,
     compile_condition: ConditionCompiler,
 ) -> Condition | None:
     if expression is None:
@@ -264,7 +281,9 @@ def _as_names(raw: object) -> list[str]:
 
 
 def _check_graph(
-    out: _Collector, initial: str, states: Mapping[str, State],
+    out: _Collector,
+    initial: str,
+    states: Mapping[str, State],
     transitions: Mapping[str, Transition],
 ) -> None:
     reachable = {initial}
@@ -280,4 +299,6 @@ def _check_graph(
             out.add(("states", name), f"state {name!r} is unreachable from {initial!r}")
         has_exit = any(name in t.sources for t in transitions.values())
         if not state.terminal and not has_exit:
-            out.add(("states", name), f"state {name!r} is a dead end: not terminal, no transitions out")
+            out.add(
+                ("states", name), f"state {name!r} is a dead end: not terminal, no transitions out"
+            )

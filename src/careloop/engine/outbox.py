@@ -25,12 +25,14 @@ def backoff(attempts: int, base_seconds: float = 2.0, cap_seconds: float = 3600.
 
 def log_event(event: Mapping[str, Any]) -> None:
     """The event-log subscriber: one structured line per committed event."""
-    log.info("event %s case=%s key=%s", event["event_type"], event["case_id"],
-             event["idempotency_key"])
+    log.info(
+        "event %s case=%s key=%s", event["event_type"], event["case_id"], event["idempotency_key"]
+    )
 
 
-def relay_once(uow: UnitOfWorkFactory, clock: Clock, handlers: list[Handler],
-               batch: int = 100) -> int:
+def relay_once(
+    uow: UnitOfWorkFactory, clock: Clock, handlers: list[Handler], batch: int = 100
+) -> int:
     """Deliver one batch; returns how many rows were published."""
     published = 0
     with uow() as work:
@@ -44,8 +46,7 @@ def relay_once(uow: UnitOfWorkFactory, clock: Clock, handlers: list[Handler],
                     handler(row)
             except Exception as error:  # a subscriber's failure must not stop the relay
                 log.warning("outbox %s failed: %s", row["id"], error)
-                work.outbox.mark_failed(row["id"], repr(error),
-                                        now + backoff(int(row["attempts"])))
+                work.outbox.mark_failed(row["id"], repr(error), now + backoff(int(row["attempts"])))
                 blocked_cases.add(row["case_id"])
                 continue
             work.outbox.mark_published(row["id"], now)
@@ -57,8 +58,9 @@ def relay_once(uow: UnitOfWorkFactory, clock: Clock, handlers: list[Handler],
 class OutboxWorker(threading.Thread):
     """Runs the relay in the background of `careloop serve`."""
 
-    def __init__(self, uow: UnitOfWorkFactory, clock: Clock, handlers: list[Handler],
-                 poll_seconds: float) -> None:
+    def __init__(
+        self, uow: UnitOfWorkFactory, clock: Clock, handlers: list[Handler], poll_seconds: float
+    ) -> None:
         super().__init__(name="careloop-outbox", daemon=True)
         self._uow, self._clock, self._handlers = uow, clock, handlers
         self._poll = poll_seconds

@@ -20,7 +20,7 @@ from careloop.domain.errors import FieldProblem, InvalidInput, NotAuthenticated
 from careloop.services.deps import Deps
 from careloop.services.recording import audit
 
-TOKEN_PREFIX = "clp_"
+TOKEN_PREFIX = "clp_"  # noqa: S105 - a public marker, not a secret
 MIN_PASSWORD_LENGTH = 12
 
 
@@ -34,17 +34,33 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def add_user(deps: Deps, actor: Actor, hashing: PasswordHashing, username: str,
-             display_name: str, roles: list[str], password: str | None) -> int:
+def add_user(
+    deps: Deps,
+    actor: Actor,
+    hashing: PasswordHashing,
+    username: str,
+    display_name: str,
+    roles: list[str],
+    password: str | None,
+) -> int:
     actor.require(Action.USER_MANAGE)
     problems = []
-    if not username or len(username) > 150 or not username.replace(".", "").replace(
-            "_", "").replace("-", "").isalnum():
+    if (
+        not username
+        or len(username) > 150
+        or not username.replace(".", "").replace("_", "").replace("-", "").isalnum()
+    ):
         problems.append(FieldProblem("username", "1-150 letters, digits, '.', '_' or '-'"))
     unknown = sorted(set(roles) - ROLE_NAMES)
     if not roles or unknown:
-        problems.append(FieldProblem("roles", f"unknown roles {unknown}; use {sorted(ROLE_NAMES)}"
-                                     if unknown else "at least one role is required"))
+        problems.append(
+            FieldProblem(
+                "roles",
+                f"unknown roles {unknown}; use {sorted(ROLE_NAMES)}"
+                if unknown
+                else "at least one role is required",
+            )
+        )
     if password is not None and len(password) < MIN_PASSWORD_LENGTH:
         problems.append(FieldProblem("password", f"at least {MIN_PASSWORD_LENGTH} characters"))
     if problems:
@@ -52,16 +68,22 @@ def add_user(deps: Deps, actor: Actor, hashing: PasswordHashing, username: str,
     now = deps.clock.now()
     password_hash = hashing.hash(password) if password else None
     with deps.uow() as uow:
-        user_id = uow.accounts.add_user(username, display_name or username, password_hash,
-                                        sorted(set(roles)), now)
-        audit(uow, actor, "user.create", now, category="security",
-              detail={"user_id": user_id, "username": username, "roles": sorted(set(roles))})
+        user_id = uow.accounts.add_user(
+            username, display_name or username, password_hash, sorted(set(roles)), now
+        )
+        audit(
+            uow,
+            actor,
+            "user.create",
+            now,
+            category="security",
+            detail={"user_id": user_id, "username": username, "roles": sorted(set(roles))},
+        )
         uow.commit()
     return user_id
 
 
-def create_token(deps: Deps, actor: Actor, username: str, name: str,
-                 ttl: timedelta | None) -> str:
+def create_token(deps: Deps, actor: Actor, username: str, name: str, ttl: timedelta | None) -> str:
     """Create an API token for ``username``; the only time its secret is visible."""
     if actor.username != username:
         actor.require(Action.USER_MANAGE)
@@ -71,10 +93,17 @@ def create_token(deps: Deps, actor: Actor, username: str, name: str,
         user = uow.accounts.find_user(username)
         if user is None:
             raise InvalidInput([FieldProblem("username", f"no user {username!r}")])
-        token_id = uow.accounts.add_token(user["id"], name, token[:12], token_digest(token),
-                                          now, now + ttl if ttl else None)
-        audit(uow, actor, "token.create", now, category="security",
-              detail={"token_id": token_id, "user": username, "name": name})
+        token_id = uow.accounts.add_token(
+            user["id"], name, token[:12], token_digest(token), now, now + ttl if ttl else None
+        )
+        audit(
+            uow,
+            actor,
+            "token.create",
+            now,
+            category="security",
+            detail={"token_id": token_id, "user": username, "name": name},
+        )
         uow.commit()
     return token
 
@@ -105,8 +134,12 @@ class TokenAuthenticator:
             raise NotAuthenticated("unknown or revoked API token")
         if row["expires_at"] is not None and row["expires_at"] <= now:
             raise NotAuthenticated("the API token has expired")
-        actor = Actor(user_id=row["user_id"], username=row["username"],
-                      roles=frozenset(row["roles"]), token_id=row["token_id"])
+        actor = Actor(
+            user_id=row["user_id"],
+            username=row["username"],
+            roles=frozenset(row["roles"]),
+            token_id=row["token_id"],
+        )
         expiry = time.monotonic() + self._cache_seconds
         if row["expires_at"] is not None:
             expiry = min(expiry, time.monotonic() + (row["expires_at"] - now).total_seconds())
@@ -115,19 +148,38 @@ class TokenAuthenticator:
         return _with_address(actor, source_address)
 
 
-def login(deps: Deps, hashing: PasswordHashing, username: str, password: str,
-          source_address: str, ttl: timedelta = timedelta(hours=12)) -> str:
+def login(
+    deps: Deps,
+    hashing: PasswordHashing,
+    username: str,
+    password: str,
+    source_address: str,
+    ttl: timedelta = timedelta(hours=12),
+) -> str:
     """Exchange a username and password for a short-lived API token."""
     with deps.uow() as uow:
         user = uow.accounts.find_user(username)
-    if user is None or not user["active"] or not user["password_hash"] or not hashing.verify(
-            user["password_hash"], password):
+    if (
+        user is None
+        or not user["active"]
+        or not user["password_hash"]
+        or not hashing.verify(user["password_hash"], password)
+    ):
         raise NotAuthenticated("wrong username or password")
-    actor = Actor(user_id=user["id"], username=user["username"],
-                  roles=frozenset(user["roles"]), source_address=source_address)
+    actor = Actor(
+        user_id=user["id"],
+        username=user["username"],
+        roles=frozenset(user["roles"]),
+        source_address=source_address,
+    )
     return create_token(deps, actor, username, "login", ttl)
 
 
 def _with_address(actor: Actor, source_address: str) -> Actor:
-    return Actor(user_id=actor.user_id, username=actor.username, roles=actor.roles,
-                 source_address=source_address, token_id=actor.token_id)
+    return Actor(
+        user_id=actor.user_id,
+        username=actor.username,
+        roles=actor.roles,
+        source_address=source_address,
+        token_id=actor.token_id,
+    )

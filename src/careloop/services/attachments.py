@@ -31,43 +31,85 @@ def add_note(deps: Deps, actor: Actor, case_id: int, body: str) -> dict[str, Any
         case = uow.cases.get(case_id)
         note_id = uow.cases.add_note(case_id, actor.user_id, actor.username, text, now)
         case.events.append(Event("case.note_added", {"note_id": note_id}))
-        audit(uow, actor, "case.note.add", now, case=case, category="clinical",
-              detail={"note_id": note_id})
+        audit(
+            uow,
+            actor,
+            "case.note.add",
+            now,
+            case=case,
+            category="clinical",
+            detail={"note_id": note_id},
+        )
         publish_events(uow, case, now)
         uow.commit()
-    return {"id": note_id, "case_id": case_id, "author_name": actor.username, "body": text,
-            "created_at": now}
+    return {
+        "id": note_id,
+        "case_id": case_id,
+        "author_name": actor.username,
+        "body": text,
+        "created_at": now,
+    }
 
 
-def add_document(deps: Deps, actor: Actor, case_id: int, doc_type: str, filename: str,
-                 content_type: str, content: bytes) -> dict[str, Any]:
+def add_document(
+    deps: Deps,
+    actor: Actor,
+    case_id: int,
+    doc_type: str,
+    filename: str,
+    content_type: str,
+    content: bytes,
+) -> dict[str, Any]:
     actor.require(Action.CASE_DOCUMENT_ADD)
     _check_document(deps, doc_type, filename, content_type, content)
     now = deps.clock.now()
     values = {
-        "doc_type": doc_type, "filename": filename, "content_type": content_type,
-        "size": len(content), "sha256": hashlib.sha256(content).hexdigest(),
-        "content": content, "uploaded_by": actor.user_id, "created_at": now,
+        "doc_type": doc_type,
+        "filename": filename,
+        "content_type": content_type,
+        "size": len(content),
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "content": content,
+        "uploaded_by": actor.user_id,
+        "created_at": now,
     }
     with deps.uow() as uow:
         case = uow.cases.get(case_id)
         document_id = uow.cases.add_document(case_id, values)
-        case.events.append(Event("case.document_added", {
-            "document_id": document_id, "doc_type": doc_type, "sha256": values["sha256"]}))
-        audit(uow, actor, "case.document.add", now, case=case, category="document",
-              detail={"document_id": document_id, "doc_type": doc_type,
-                      "sha256": values["sha256"], "size": len(content)})
+        case.events.append(
+            Event(
+                "case.document_added",
+                {"document_id": document_id, "doc_type": doc_type, "sha256": values["sha256"]},
+            )
+        )
+        audit(
+            uow,
+            actor,
+            "case.document.add",
+            now,
+            case=case,
+            category="document",
+            detail={
+                "document_id": document_id,
+                "doc_type": doc_type,
+                "sha256": values["sha256"],
+                "size": len(content),
+            },
+        )
         publish_events(uow, case, now)
         uow.commit()
     values.pop("content")
     return {"id": document_id, "case_id": case_id, **values}
 
 
-def _check_document(deps: Deps, doc_type: str, filename: str, content_type: str,
-                    content: bytes) -> None:
+def _check_document(
+    deps: Deps, doc_type: str, filename: str, content_type: str, content: bytes
+) -> None:
     problems = []
     if doc_type not in DOCUMENT_TYPES:
-        problems.append(FieldProblem("doc_type", f"unknown type; use one of {sorted(DOCUMENT_TYPES)}"))
+        problems.append(
+            FieldProblem("doc_type", f"unknown type; use one of {sorted(DOCUMENT_TYPES)}")
+        )
     if not filename or len(filename) > 255 or "/" in filename or "\\" in filename:
         problems.append(FieldProblem("file", "filename must be 1-255 characters without slashes"))
     if not content:
@@ -78,8 +120,10 @@ def _check_document(deps: Deps, doc_type: str, filename: str, content_type: str,
         raise PayloadTooLarge(f"file is {len(content)} bytes; the limit is {deps.max_upload_bytes}")
     base_type = content_type.split(";")[0].strip().lower()
     if base_type not in deps.allowed_upload_types:
+        accepted = list(deps.allowed_upload_types)
         raise UnsupportedMediaType(
-            f"content type {base_type!r} is not accepted; use one of {list(deps.allowed_upload_types)}")
+            f"content type {base_type!r} is not accepted; use one of {accepted}"
+        )
     if not _content_matches(base_type, content):
         raise UnsupportedMediaType(f"the file's content is not {base_type}")
 
@@ -104,15 +148,27 @@ def _content_matches(content_type: str, content: bytes) -> bool:
     return True
 
 
-def add_task(deps: Deps, actor: Actor, case_id: int, title: str, assignee: str | None,
-             due_at: datetime | None) -> dict[str, Any]:
+def add_task(
+    deps: Deps,
+    actor: Actor,
+    case_id: int,
+    title: str,
+    assignee: str | None,
+    due_at: datetime | None,
+) -> dict[str, Any]:
     actor.require(Action.CASE_TASK)
     title = title.strip()
     if not title or len(title) > 300:
         raise InvalidInput([FieldProblem("title", "must be 1 to 300 characters")])
     now = deps.clock.now()
-    values = {"title": title, "status": "open", "assignee": assignee, "due_at": due_at,
-              "created_by": actor.user_id, "created_at": now}
+    values = {
+        "title": title,
+        "status": "open",
+        "assignee": assignee,
+        "due_at": due_at,
+        "created_by": actor.user_id,
+        "created_at": now,
+    }
     with deps.uow() as uow:
         case = uow.cases.get(case_id)
         task_id = uow.cases.add_task(case_id, values)

@@ -21,8 +21,9 @@ from careloop.services.recording import audit, publish_events
 from careloop.services.referral_input import ReferralChanges, ReferralIn, merge_changes
 
 
-def create_referral(deps: Deps, actor: Actor, referral: ReferralIn,
-                    idempotency_key: str | None = None) -> tuple[Case, bool]:
+def create_referral(
+    deps: Deps, actor: Actor, referral: ReferralIn, idempotency_key: str | None = None
+) -> tuple[Case, bool]:
     """Create a referral; returns (case, created). A replayed key returns the first case."""
     actor.require(Action.CASE_CREATE)
     data = referral.model_dump(mode="json", exclude_none=True)
@@ -35,18 +36,28 @@ def create_referral(deps: Deps, actor: Actor, referral: ReferralIn,
             if previous is not None:
                 if previous["request_hash"] != request_hash:
                     raise IdempotencyConflict(
-                        f"Idempotency-Key {idempotency_key!r} was used with a different body")
+                        f"Idempotency-Key {idempotency_key!r} was used with a different body"
+                    )
                 return uow.cases.get(previous["case_id"]), False
         case = Case(
-            id=0, case_type=CASE_TYPE, workflow_key=workflow.key,
-            workflow_version=workflow.version, state=workflow.initial, version=1, data=data,
-            created_at=now, updated_at=now, state_entered_at=now,
+            id=0,
+            case_type=CASE_TYPE,
+            workflow_key=workflow.key,
+            workflow_version=workflow.version,
+            state=workflow.initial,
+            version=1,
+            data=data,
+            created_at=now,
+            updated_at=now,
+            state_entered_at=now,
         )
         uow.cases.add(case, actor.user_id)
-        case.events.append(Event("case.created", {"channel": data.get("channel", "api"),
-                                                  "urgency": case.urgency}))
-        uow.cases.add_history(case.id, None, case.state, None, actor.user_id, actor.username,
-                              "", now)
+        case.events.append(
+            Event("case.created", {"channel": data.get("channel", "api"), "urgency": case.urgency})
+        )
+        uow.cases.add_history(
+            case.id, None, case.state, None, actor.user_id, actor.username, "", now
+        )
         audit(uow, actor, "case.create", now, case=case, category="demographics")
         publish_events(uow, case, now)
         if idempotency_key:
@@ -55,9 +66,15 @@ def create_referral(deps: Deps, actor: Actor, referral: ReferralIn,
     return case, True
 
 
-def transition_case(deps: Deps, actor: Actor, case_id: int, transition: str,
-                    expected_version: int, reason: str | None = None,
-                    changes: ReferralChanges | None = None) -> Case:
+def transition_case(
+    deps: Deps,
+    actor: Actor,
+    case_id: int,
+    transition: str,
+    expected_version: int,
+    reason: str | None = None,
+    changes: ReferralChanges | None = None,
+) -> Case:
     actor.require(Action.CASE_TRANSITION)
     now = deps.clock.now()
     with deps.uow() as uow:
@@ -68,17 +85,33 @@ def transition_case(deps: Deps, actor: Actor, case_id: int, transition: str,
         previous = case.state
         case.transition(workflow, transition, actor, reason, now)
         uow.cases.save(case, expected_version)
-        uow.cases.add_history(case.id, previous, case.state, transition, actor.user_id,
-                              actor.username, reason or "", now)
-        audit(uow, actor, "case.transition", now, case=case, reason=reason or "",
-              detail={"transition": transition, "from": previous, "to": case.state})
+        uow.cases.add_history(
+            case.id,
+            previous,
+            case.state,
+            transition,
+            actor.user_id,
+            actor.username,
+            reason or "",
+            now,
+        )
+        audit(
+            uow,
+            actor,
+            "case.transition",
+            now,
+            case=case,
+            reason=reason or "",
+            detail={"transition": transition, "from": previous, "to": case.state},
+        )
         publish_events(uow, case, now)
         uow.commit()
     return case
 
 
-def update_case(deps: Deps, actor: Actor, case_id: int, expected_version: int,
-                changes: ReferralChanges) -> Case:
+def update_case(
+    deps: Deps, actor: Actor, case_id: int, expected_version: int, changes: ReferralChanges
+) -> Case:
     actor.require(Action.CASE_TRANSITION)
     now = deps.clock.now()
     with deps.uow() as uow:
@@ -88,15 +121,23 @@ def update_case(deps: Deps, actor: Actor, case_id: int, expected_version: int,
             raise TransitionNotAllowed(f"case {case_id} is {case.state!r} and cannot change")
         changed = _apply_changes(case, changes, now)
         uow.cases.save(case, expected_version)
-        audit(uow, actor, "case.update", now, case=case, category="demographics",
-              detail={"fields": changed})
+        audit(
+            uow,
+            actor,
+            "case.update",
+            now,
+            case=case,
+            category="demographics",
+            detail={"fields": changed},
+        )
         publish_events(uow, case, now)
         uow.commit()
     return case
 
 
-def assign_case(deps: Deps, actor: Actor, case_id: int, expected_version: int,
-                assignee: str | None) -> Case:
+def assign_case(
+    deps: Deps, actor: Actor, case_id: int, expected_version: int, assignee: str | None
+) -> Case:
     actor.require(Action.CASE_ASSIGN)
     now = deps.clock.now()
     with deps.uow() as uow:
@@ -104,8 +145,7 @@ def assign_case(deps: Deps, actor: Actor, case_id: int, expected_version: int,
         previous = case.assignee
         case.assign(assignee, now)
         uow.cases.save(case, expected_version)
-        audit(uow, actor, "case.assign", now, case=case,
-              detail={"from": previous, "to": assignee})
+        audit(uow, actor, "case.assign", now, case=case, detail={"from": previous, "to": assignee})
         publish_events(uow, case, now)
         uow.commit()
     return case

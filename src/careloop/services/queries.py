@@ -23,15 +23,22 @@ def get_case(deps: Deps, actor: Actor, case_id: int) -> tuple[Case, Workflow]:
     return case, deps.workflows.get(case.workflow_key, case.workflow_version)
 
 
-def list_cases(deps: Deps, actor: Actor, flt: Any, limit: int,
-               cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+def list_cases(
+    deps: Deps, actor: Actor, flt: Any, limit: int, cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
     actor.require(Action.CASE_READ)
     now = deps.clock.now()
     with deps.uow() as uow:
-        rows, next_cursor = uow.cases.list(flt, now, min(max(limit, 1), MAX_PAGE), cursor)
+        rows, next_cursor = uow.cases.search(flt, now, min(max(limit, 1), MAX_PAGE), cursor)
         if rows:
-            audit(uow, actor, "case.list", now, category="demographics",
-                  detail={"case_ids": [r["id"] for r in rows]})
+            audit(
+                uow,
+                actor,
+                "case.list",
+                now,
+                category="demographics",
+                detail={"case_ids": [r["id"] for r in rows]},
+            )
             uow.commit()
     return rows, next_cursor
 
@@ -39,31 +46,41 @@ def list_cases(deps: Deps, actor: Actor, flt: Any, limit: int,
 def read_case_part(deps: Deps, actor: Actor, case_id: int, part: str) -> list[dict[str, Any]]:
     """history | notes | documents | tasks | audit of one case."""
     action = {"audit": Action.AUDIT_READ, "documents": Action.CASE_DOCUMENT_READ}.get(
-        part, Action.CASE_READ)
+        part, Action.CASE_READ
+    )
     actor.require(action)
     now = deps.clock.now()
     with deps.uow() as uow:
         case = uow.cases.get(case_id)
         rows = {
-            "history": uow.cases.history, "notes": uow.cases.notes,
-            "documents": uow.cases.documents, "tasks": uow.cases.tasks,
+            "history": uow.cases.history,
+            "notes": uow.cases.notes,
+            "documents": uow.cases.documents,
+            "tasks": uow.cases.tasks,
             "audit": uow.audit.for_case,
         }[part](case_id)
         category = {"notes": "clinical", "documents": "document", "audit": "audit"}.get(
-            part, "administrative")
+            part, "administrative"
+        )
         audit(uow, actor, f"case.{part}.read", now, case=case, category=category)
         uow.commit()
     return rows
 
 
-def download_document(deps: Deps, actor: Actor, case_id: int,
-                      document_id: int) -> dict[str, Any]:
+def download_document(deps: Deps, actor: Actor, case_id: int, document_id: int) -> dict[str, Any]:
     actor.require(Action.CASE_DOCUMENT_READ)
     now = deps.clock.now()
     with deps.uow() as uow:
         case = uow.cases.get(case_id)
         document = uow.cases.document(case_id, document_id)
-        audit(uow, actor, "case.document.download", now, case=case, category="document",
-              detail={"document_id": document_id, "sha256": document["sha256"]})
+        audit(
+            uow,
+            actor,
+            "case.document.download",
+            now,
+            case=case,
+            category="document",
+            detail={"document_id": document_id, "sha256": document["sha256"]},
+        )
         uow.commit()
     return document

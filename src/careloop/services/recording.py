@@ -12,25 +12,48 @@ from careloop.domain.case import Case
 from careloop.services.ports import UnitOfWork
 
 
-def audit(uow: UnitOfWork, actor: Actor, action: str, at: datetime, *,
-          case: Case | None = None, category: str = "administrative", reason: str = "",
-          detail: dict[str, Any] | None = None, outcome: str = "success") -> None:
+def audit(
+    uow: UnitOfWork,
+    actor: Actor,
+    action: str,
+    at: datetime,
+    *,
+    case: Case | None = None,
+    category: str = "administrative",
+    reason: str = "",
+    detail: dict[str, Any] | None = None,
+    outcome: str = "success",
+) -> None:
     patient_ref = None
     if case is not None:
         patient_ref = str(case.data.get("patient", {}).get("mrn") or f"case:{case.id}")
-    uow.audit.append(AuditRecord(
-        occurred_at=at, actor_id=actor.user_id, actor_name=actor.username, action=action,
-        outcome=outcome, case_id=case.id if case else None, patient_ref=patient_ref,
-        data_category=category, source_address=actor.source_address, reason=reason,
-        detail=detail or {},
-    ))
+    uow.audit.append(
+        AuditRecord(
+            occurred_at=at,
+            actor_id=actor.user_id,
+            actor_name=actor.username,
+            action=action,
+            outcome=outcome,
+            case_id=case.id if case else None,
+            patient_ref=patient_ref,
+            data_category=category,
+            source_address=actor.source_address,
+            reason=reason,
+            detail=detail or {},
+        )
+    )
 
 
 def publish_events(uow: UnitOfWork, case: Case, at: datetime) -> None:
     """Move the case's recorded events into the outbox, keyed so a replay is a no-op."""
     for index, event in enumerate(case.events):
-        payload = {"case_id": case.id, "case_type": case.case_type, "state": case.state,
-                   "version": case.version, **event.payload}
+        payload = {
+            "case_id": case.id,
+            "case_type": case.case_type,
+            "state": case.state,
+            "version": case.version,
+            **event.payload,
+        }
         key = f"case:{case.id}:v{case.version}:{index}:{event.type}"
         uow.outbox.add(case.id, event.type, payload, key, at)
     case.events.clear()

@@ -67,8 +67,12 @@ class PatientIn(_Strict):
     mrn: Identifier | None = None
     member_id: Identifier | None = None
     phone: Annotated[str, Field(max_length=30, pattern=r"^\+?[0-9 ()\-.]{7,30}$")] | None = None
-    email: Annotated[str, Field(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")] | None = None
-    postal_code: Annotated[str, Field(max_length=10, pattern=r"^[0-9]{5}(-[0-9]{4})?$")] | None = None
+    email: Annotated[str, Field(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")] | None = (
+        None
+    )
+    postal_code: Annotated[str, Field(max_length=10, pattern=r"^[0-9]{5}(-[0-9]{4})?$")] | None = (
+        None
+    )
 
 
 class ProviderIn(_Strict):
@@ -120,8 +124,9 @@ def problems_from(error: ValidationError, prefix: str = "") -> list[FieldProblem
     for item in error.errors():
         location = ".".join(str(part) for part in item["loc"])
         message = str(item["msg"]).removeprefix("Value error, ")
-        problems.append(FieldProblem(f"{prefix}{location}" if location else prefix or "body",
-                                     message))
+        problems.append(
+            FieldProblem(f"{prefix}{location}" if location else prefix or "body", message)
+        )
     return problems
 
 

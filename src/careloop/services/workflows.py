@@ -17,8 +17,9 @@ WorkflowLoader = Callable[[str, str], Workflow]
 class WorkflowRegistry:
     """Compiled workflows by (key, version); loads stored versions on first use."""
 
-    def __init__(self, uow: UnitOfWorkFactory, load: WorkflowLoader,
-                 checksum: Callable[[str], str]) -> None:
+    def __init__(
+        self, uow: UnitOfWorkFactory, load: WorkflowLoader, checksum: Callable[[str], str]
+    ) -> None:
         self._uow = uow
         self._load = load
         self._checksum = checksum
@@ -42,17 +43,26 @@ class WorkflowRegistry:
         with self._uow() as uow:
             rows = [r for r in uow.definitions.all() if r["case_type"] == case_type]
         if not rows:
-            raise NotFound(f"no workflow is stored for case type {case_type!r}; "
-                           "run `careloop migrate`")
+            raise NotFound(
+                f"no workflow is stored for case type {case_type!r}; run `careloop migrate`"
+            )
         newest = max(rows, key=lambda r: (r["key"] == f"{case_type}-standard", r["version"]))
         return self.get(newest["key"], newest["version"])
 
     def list(self) -> list[dict[str, object]]:
         with self._uow() as uow:
             rows = uow.definitions.all()
-        return [{"key": r["key"], "version": r["version"], "case_type": r["case_type"],
-                 "source_name": r["source_name"], "checksum": r["checksum"],
-                 "created_at": r["created_at"]} for r in rows]
+        return [
+            {
+                "key": r["key"],
+                "version": r["version"],
+                "case_type": r["case_type"],
+                "source_name": r["source_name"],
+                "checksum": r["checksum"],
+                "created_at": r["created_at"],
+            }
+            for r in rows
+        ]
 
     def store(self, text: str, source: str, now: datetime) -> tuple[Workflow, bool]:
         """Validate and store a definition version; returns (workflow, newly stored).
@@ -66,16 +76,28 @@ class WorkflowRegistry:
             existing = uow.definitions.find(workflow.key, workflow.version)
             if existing is not None:
                 if existing["checksum"] != digest:
-                    raise DefinitionInvalid([DefinitionProblem(
-                        source, None,
-                        f"{workflow.key} version {workflow.version} is already stored with "
-                        "different content; give the changed definition a new version")])
+                    raise DefinitionInvalid(
+                        [
+                            DefinitionProblem(
+                                source,
+                                None,
+                                f"{workflow.key} version {workflow.version} is already stored with "
+                                "different content; give the changed definition a new version",
+                            )
+                        ]
+                    )
                 return workflow, False
-            uow.definitions.add({
-                "key": workflow.key, "version": workflow.version,
-                "case_type": workflow.case_type, "source_name": source, "source_text": text,
-                "checksum": digest, "created_at": now,
-            })
+            uow.definitions.add(
+                {
+                    "key": workflow.key,
+                    "version": workflow.version,
+                    "case_type": workflow.case_type,
+                    "source_name": source,
+                    "source_text": text,
+                    "checksum": digest,
+                    "created_at": now,
+                }
+            )
             uow.commit()
         with self._lock:
             self._compiled[(workflow.key, workflow.version)] = workflow

@@ -15,44 +15,90 @@ class AccountRepository:
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
 
-    def add_user(self, username: str, display_name: str, password_hash: str | None,
-                 roles: list[str], at: datetime) -> int:
+    def add_user(
+        self,
+        username: str,
+        display_name: str,
+        password_hash: str | None,
+        roles: list[str],
+        at: datetime,
+    ) -> int:
         if self.find_user(username) is not None:
             raise InvalidInput([FieldProblem("username", f"user {username!r} already exists")])
-        return int(self._connection.execute(users.insert().returning(users.c.id), {
-            "username": username, "display_name": display_name,
-            "password_hash": password_hash, "roles": roles, "active": True, "created_at": at,
-        }).scalar_one())
+        return int(
+            self._connection.execute(
+                users.insert().returning(users.c.id),
+                {
+                    "username": username,
+                    "display_name": display_name,
+                    "password_hash": password_hash,
+                    "roles": roles,
+                    "active": True,
+                    "created_at": at,
+                },
+            ).scalar_one()
+        )
 
     def find_user(self, username: str) -> dict[str, Any] | None:
-        row = self._connection.execute(
-            select(users).where(users.c.username == username)).mappings().first()
+        row = (
+            self._connection.execute(select(users).where(users.c.username == username))
+            .mappings()
+            .first()
+        )
         return dict(row) if row else None
 
     def user(self, user_id: int) -> dict[str, Any]:
-        row = self._connection.execute(
-            select(users).where(users.c.id == user_id)).mappings().first()
+        row = (
+            self._connection.execute(select(users).where(users.c.id == user_id)).mappings().first()
+        )
         if row is None:
             raise NotFound(f"user {user_id} does not exist")
         return dict(row)
 
     def set_password_hash(self, user_id: int, password_hash: str) -> None:
         self._connection.execute(
-            update(users).where(users.c.id == user_id).values(password_hash=password_hash))
+            update(users).where(users.c.id == user_id).values(password_hash=password_hash)
+        )
 
-    def add_token(self, user_id: int, name: str, prefix: str, token_hash: str,
-                  at: datetime, expires_at: datetime | None) -> int:
-        return int(self._connection.execute(api_tokens.insert().returning(api_tokens.c.id), {
-            "user_id": user_id, "name": name, "prefix": prefix, "token_hash": token_hash,
-            "created_at": at, "expires_at": expires_at,
-        }).scalar_one())
+    def add_token(
+        self,
+        user_id: int,
+        name: str,
+        prefix: str,
+        token_hash: str,
+        at: datetime,
+        expires_at: datetime | None,
+    ) -> int:
+        return int(
+            self._connection.execute(
+                api_tokens.insert().returning(api_tokens.c.id),
+                {
+                    "user_id": user_id,
+                    "name": name,
+                    "prefix": prefix,
+                    "token_hash": token_hash,
+                    "created_at": at,
+                    "expires_at": expires_at,
+                },
+            ).scalar_one()
+        )
 
     def token_with_user(self, token_hash: str) -> dict[str, Any] | None:
-        row = self._connection.execute(
-            select(api_tokens.c.id.label("token_id"), api_tokens.c.expires_at,
-                   api_tokens.c.revoked_at, users.c.id.label("user_id"), users.c.username,
-                   users.c.roles, users.c.active)
-            .join(users, users.c.id == api_tokens.c.user_id)
-            .where(api_tokens.c.token_hash == token_hash)
-        ).mappings().first()
+        row = (
+            self._connection.execute(
+                select(
+                    api_tokens.c.id.label("token_id"),
+                    api_tokens.c.expires_at,
+                    api_tokens.c.revoked_at,
+                    users.c.id.label("user_id"),
+                    users.c.username,
+                    users.c.roles,
+                    users.c.active,
+                )
+                .join(users, users.c.id == api_tokens.c.user_id)
+                .where(api_tokens.c.token_hash == token_hash)
+            )
+            .mappings()
+            .first()
+        )
         return dict(row) if row else None

@@ -42,22 +42,27 @@ class AuditStore:
         entry = chain_entry(chain, head[0], head[1], record)
         self._connection.execute(_INSERT, _row(entry))
         self._connection.execute(
-            update(audit_heads).where(audit_heads.c.chain == chain)
+            update(audit_heads)
+            .where(audit_heads.c.chain == chain)
             .values(seq=entry.seq, hash=entry.hash)
         )
         return entry
 
     def _lock_head(self, chain: int) -> tuple[int, str]:
-        query = (select(audit_heads.c.seq, audit_heads.c.hash)
-                 .where(audit_heads.c.chain == chain).with_for_update())
+        query = (
+            select(audit_heads.c.seq, audit_heads.c.hash)
+            .where(audit_heads.c.chain == chain)
+            .with_for_update()
+        )
         head = self._connection.execute(query).first()
         if head is None:
             # First use of this chain: create its head, tolerating a concurrent creator,
             # then lock it like any other head so appends stay strictly serial per chain.
             try:
                 with self._connection.begin_nested():
-                    self._connection.execute(audit_heads.insert(), {
-                        "chain": chain, "seq": 0, "hash": GENESIS_HASH})
+                    self._connection.execute(
+                        audit_heads.insert(), {"chain": chain, "seq": 0, "hash": GENESIS_HASH}
+                    )
             except IntegrityError:
                 pass
             head = self._connection.execute(query).one()
@@ -65,7 +70,8 @@ class AuditStore:
 
     def for_case(self, case_id: int) -> list[dict[str, Any]]:
         rows = self._connection.execute(
-            select(audit_log).where(audit_log.c.case_id == case_id)
+            select(audit_log)
+            .where(audit_log.c.case_id == case_id)
             .order_by(audit_log.c.occurred_at, audit_log.c.chain, audit_log.c.seq)
         ).mappings()
         return [_public(dict(r)) for r in rows]
@@ -74,13 +80,21 @@ class AuditStore:
 def _row(entry: AuditEntry) -> dict[str, Any]:
     record = entry.record
     return {
-        "chain": entry.chain, "seq": entry.seq, "occurred_at": record.occurred_at,
-        "actor_id": record.actor_id, "actor_name": record.actor_name, "action": record.action,
-        "outcome": record.outcome, "case_id": record.case_id, "patient_ref": record.patient_ref,
-        "data_category": record.data_category, "source_address": record.source_address,
+        "chain": entry.chain,
+        "seq": entry.seq,
+        "occurred_at": record.occurred_at,
+        "actor_id": record.actor_id,
+        "actor_name": record.actor_name,
+        "action": record.action,
+        "outcome": record.outcome,
+        "case_id": record.case_id,
+        "patient_ref": record.patient_ref,
+        "data_category": record.data_category,
+        "source_address": record.source_address,
         "reason": record.reason,
         "detail": json.dumps(record.detail, sort_keys=True, default=str),
-        "prev_hash": entry.prev_hash, "hash": entry.hash,
+        "prev_hash": entry.prev_hash,
+        "hash": entry.hash,
     }
 
 
@@ -92,10 +106,17 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
 def _entry(row: Any) -> AuditEntry:
     occurred: datetime = row.occurred_at
     record = AuditRecord(
-        occurred_at=occurred, actor_id=row.actor_id, actor_name=row.actor_name,
-        action=row.action, outcome=row.outcome, case_id=row.case_id,
-        patient_ref=row.patient_ref, data_category=row.data_category,
-        source_address=row.source_address, reason=row.reason, detail=json.loads(row.detail),
+        occurred_at=occurred,
+        actor_id=row.actor_id,
+        actor_name=row.actor_name,
+        action=row.action,
+        outcome=row.outcome,
+        case_id=row.case_id,
+        patient_ref=row.patient_ref,
+        data_category=row.data_category,
+        source_address=row.source_address,
+        reason=row.reason,
+        detail=json.loads(row.detail),
     )
     return AuditEntry(row.chain, row.seq, record, row.prev_hash, row.hash)
 
@@ -104,10 +125,13 @@ def verify_audit_log(engine: Engine, batch: int = 5000) -> list[VerifyResult]:
     """Verify every chain; returns one result per chain, bad ones naming the first bad entry."""
     with engine.connect() as connection:
         heads = {r.chain: (r.seq, r.hash) for r in connection.execute(select(audit_heads))}
-        chains = set(heads) | set(connection.execute(
-            select(audit_log.c.chain).distinct()).scalars())
-        return [verify_chain(chain, _stream(connection, chain, batch), heads.get(chain))
-                for chain in sorted(chains)]
+        chains = set(heads) | set(
+            connection.execute(select(audit_log.c.chain).distinct()).scalars()
+        )
+        return [
+            verify_chain(chain, _stream(connection, chain, batch), heads.get(chain))
+            for chain in sorted(chains)
+        ]
 
 
 def _stream(connection: Connection, chain: int, batch: int) -> Iterator[AuditEntry]:

@@ -18,9 +18,20 @@ from careloop.domain.referral import lookup
 _INSERT_CASE = cases.insert().returning(cases.c.id)
 _INSERT_HISTORY = case_history.insert()
 _SUMMARY_COLUMNS = (
-    cases.c.id, cases.c.case_type, cases.c.state, cases.c.version, cases.c.clinic,
-    cases.c.specialty, cases.c.urgency, cases.c.payer, cases.c.assignee, cases.c.patient_ref,
-    cases.c.created_at, cases.c.updated_at, cases.c.state_entered_at, cases.c.workflow_key,
+    cases.c.id,
+    cases.c.case_type,
+    cases.c.state,
+    cases.c.version,
+    cases.c.clinic,
+    cases.c.specialty,
+    cases.c.urgency,
+    cases.c.payer,
+    cases.c.assignee,
+    cases.c.patient_ref,
+    cases.c.created_at,
+    cases.c.updated_at,
+    cases.c.state_entered_at,
+    cases.c.workflow_key,
     cases.c.workflow_version,
 )
 
@@ -42,9 +53,14 @@ class CaseFilter:
 def _denormalised(case: Case) -> dict[str, Any]:
     data = case.data
     text_parts = [
-        lookup(data, "patient.family_name"), lookup(data, "patient.given_name"),
-        lookup(data, "patient.mrn"), lookup(data, "patient.member_id"), data.get("reason"),
-        lookup(data, "referring_provider.name"), data.get("specialty"), data.get("clinic"),
+        lookup(data, "patient.family_name"),
+        lookup(data, "patient.given_name"),
+        lookup(data, "patient.mrn"),
+        lookup(data, "patient.member_id"),
+        data.get("reason"),
+        lookup(data, "referring_provider.name"),
+        data.get("specialty"),
+        data.get("clinic"),
     ]
     return {
         "clinic": str(data.get("clinic", "")),
@@ -62,11 +78,17 @@ class CaseRepository:
 
     def add(self, case: Case, created_by: int) -> int:
         row = {
-            "case_type": case.case_type, "workflow_key": case.workflow_key,
-            "workflow_version": case.workflow_version, "state": case.state,
-            "version": case.version, "assignee": case.assignee, "data": case.data,
-            "created_by": created_by, "created_at": case.created_at,
-            "updated_at": case.updated_at, "state_entered_at": case.state_entered_at,
+            "case_type": case.case_type,
+            "workflow_key": case.workflow_key,
+            "workflow_version": case.workflow_version,
+            "state": case.state,
+            "version": case.version,
+            "assignee": case.assignee,
+            "data": case.data,
+            "created_by": created_by,
+            "created_at": case.created_at,
+            "updated_at": case.updated_at,
+            "state_entered_at": case.state_entered_at,
             **_denormalised(case),
         }
         case_id = int(self._connection.execute(_INSERT_CASE, row).scalar_one())
@@ -77,19 +99,32 @@ class CaseRepository:
         row = self._connection.execute(select(cases).where(cases.c.id == case_id)).first()
         if row is None:
             raise NotFound(f"case {case_id} does not exist")
-        doc_types = self._connection.execute(
-            select(documents.c.doc_type).where(documents.c.case_id == case_id).distinct()
-        ).scalars().all()
+        doc_types = (
+            self._connection.execute(
+                select(documents.c.doc_type).where(documents.c.case_id == case_id).distinct()
+            )
+            .scalars()
+            .all()
+        )
         open_tasks = self._connection.execute(
-            select(func.count()).select_from(tasks)
+            select(func.count())
+            .select_from(tasks)
             .where(tasks.c.case_id == case_id, tasks.c.status == "open")
         ).scalar_one()
         return Case(
-            id=row.id, case_type=row.case_type, workflow_key=row.workflow_key,
-            workflow_version=row.workflow_version, state=row.state, version=row.version,
-            data=dict(row.data), created_at=row.created_at, updated_at=row.updated_at,
-            state_entered_at=row.state_entered_at, assignee=row.assignee,
-            document_types=list(doc_types), open_tasks=int(open_tasks),
+            id=row.id,
+            case_type=row.case_type,
+            workflow_key=row.workflow_key,
+            workflow_version=row.workflow_version,
+            state=row.state,
+            version=row.version,
+            data=dict(row.data),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            state_entered_at=row.state_entered_at,
+            assignee=row.assignee,
+            document_types=list(doc_types),
+            open_tasks=int(open_tasks),
         )
 
     def save(self, case: Case, expected_version: int) -> None:
@@ -98,9 +133,13 @@ class CaseRepository:
             update(cases)
             .where(cases.c.id == case.id, cases.c.version == expected_version)
             .values(
-                state=case.state, version=expected_version + 1, assignee=case.assignee,
-                data=case.data, updated_at=case.updated_at,
-                state_entered_at=case.state_entered_at, **_denormalised(case),
+                state=case.state,
+                version=expected_version + 1,
+                assignee=case.assignee,
+                data=case.data,
+                updated_at=case.updated_at,
+                state_entered_at=case.state_entered_at,
+                **_denormalised(case),
             )
         )
         if result.rowcount != 1:
@@ -113,37 +152,61 @@ class CaseRepository:
         case.version = expected_version + 1
 
     def add_history(
-        self, case_id: int, from_state: str | None, to_state: str, transition: str | None,
-        actor_id: int, actor_name: str, reason: str, at: datetime,
+        self,
+        case_id: int,
+        from_state: str | None,
+        to_state: str,
+        transition: str | None,
+        actor_id: int,
+        actor_name: str,
+        reason: str,
+        at: datetime,
     ) -> None:
-        self._connection.execute(_INSERT_HISTORY, {
-            "case_id": case_id, "from_state": from_state, "to_state": to_state,
-            "transition": transition, "actor_id": actor_id, "actor_name": actor_name,
-            "reason": reason, "occurred_at": at,
-        })
+        self._connection.execute(
+            _INSERT_HISTORY,
+            {
+                "case_id": case_id,
+                "from_state": from_state,
+                "to_state": to_state,
+                "transition": transition,
+                "actor_id": actor_id,
+                "actor_name": actor_name,
+                "reason": reason,
+                "occurred_at": at,
+            },
+        )
 
     def history(self, case_id: int) -> list[dict[str, Any]]:
         rows = self._connection.execute(
-            select(case_history).where(case_history.c.case_id == case_id)
+            select(case_history)
+            .where(case_history.c.case_id == case_id)
             .order_by(case_history.c.id)
         ).mappings()
         return [dict(row) for row in rows]
 
-    def list(self, flt: CaseFilter, now: datetime, limit: int,
-             cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    def search(
+        self, flt: CaseFilter, now: datetime, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
         query = _apply_filter(select(*_SUMMARY_COLUMNS), flt, now)
-        order = (cases.c.created_at.desc(), cases.c.id.desc()) if flt.newest_first else (
-            cases.c.created_at.asc(), cases.c.id.asc())
+        order = (
+            (cases.c.created_at.desc(), cases.c.id.desc())
+            if flt.newest_first
+            else (cases.c.created_at.asc(), cases.c.id.asc())
+        )
         if cursor:
             created_at, case_id = _decode_cursor(cursor)
-            after = (cases.c.created_at < created_at) | and_(
-                cases.c.created_at == created_at, cases.c.id < case_id
-            ) if flt.newest_first else (cases.c.created_at > created_at) | and_(
-                cases.c.created_at == created_at, cases.c.id > case_id
+            after = (
+                (cases.c.created_at < created_at)
+                | and_(cases.c.created_at == created_at, cases.c.id < case_id)
+                if flt.newest_first
+                else (cases.c.created_at > created_at)
+                | and_(cases.c.created_at == created_at, cases.c.id > case_id)
             )
             query = query.where(after)
-        rows = [dict(r) for r in self._connection.execute(
-            query.order_by(*order).limit(limit + 1)).mappings()]
+        rows = [
+            dict(r)
+            for r in self._connection.execute(query.order_by(*order).limit(limit + 1)).mappings()
+        ]
         next_cursor = None
         if len(rows) > limit:
             rows = rows[:limit]
@@ -152,22 +215,34 @@ class CaseRepository:
 
     # --- notes, documents and tasks -------------------------------------------------
 
-    def add_note(self, case_id: int, author_id: int, author_name: str, body: str,
-                 at: datetime) -> int:
-        return int(self._connection.execute(notes.insert().returning(notes.c.id), {
-            "case_id": case_id, "author_id": author_id, "author_name": author_name,
-            "body": body, "created_at": at,
-        }).scalar_one())
+    def add_note(
+        self, case_id: int, author_id: int, author_name: str, body: str, at: datetime
+    ) -> int:
+        return int(
+            self._connection.execute(
+                notes.insert().returning(notes.c.id),
+                {
+                    "case_id": case_id,
+                    "author_id": author_id,
+                    "author_name": author_name,
+                    "body": body,
+                    "created_at": at,
+                },
+            ).scalar_one()
+        )
 
     def notes(self, case_id: int) -> list[dict[str, Any]]:
         rows = self._connection.execute(
-            select(notes).where(notes.c.case_id == case_id).order_by(notes.c.id)).mappings()
+            select(notes).where(notes.c.case_id == case_id).order_by(notes.c.id)
+        ).mappings()
         return [dict(r) for r in rows]
 
     def add_document(self, case_id: int, values: dict[str, Any]) -> int:
-        return int(self._connection.execute(
-            documents.insert().returning(documents.c.id), {"case_id": case_id, **values}
-        ).scalar_one())
+        return int(
+            self._connection.execute(
+                documents.insert().returning(documents.c.id), {"case_id": case_id, **values}
+            ).scalar_one()
+        )
 
     def documents(self, case_id: int) -> list[dict[str, Any]]:
         columns = [c for c in documents.c if c.name != "content"]
@@ -177,29 +252,43 @@ class CaseRepository:
         return [dict(r) for r in rows]
 
     def document(self, case_id: int, document_id: int) -> dict[str, Any]:
-        row = self._connection.execute(select(documents).where(
-            documents.c.case_id == case_id, documents.c.id == document_id)).mappings().first()
+        row = (
+            self._connection.execute(
+                select(documents).where(
+                    documents.c.case_id == case_id, documents.c.id == document_id
+                )
+            )
+            .mappings()
+            .first()
+        )
         if row is None:
             raise NotFound(f"document {document_id} of case {case_id} does not exist")
         return dict(row)
 
     def add_task(self, case_id: int, values: dict[str, Any]) -> int:
-        return int(self._connection.execute(
-            tasks.insert().returning(tasks.c.id), {"case_id": case_id, **values}
-        ).scalar_one())
+        return int(
+            self._connection.execute(
+                tasks.insert().returning(tasks.c.id), {"case_id": case_id, **values}
+            ).scalar_one()
+        )
 
     def tasks(self, case_id: int) -> list[dict[str, Any]]:
         rows = self._connection.execute(
-            select(tasks).where(tasks.c.case_id == case_id).order_by(tasks.c.id)).mappings()
+            select(tasks).where(tasks.c.case_id == case_id).order_by(tasks.c.id)
+        ).mappings()
         return [dict(r) for r in rows]
 
 
 def _apply_filter(query: Select[Any], flt: CaseFilter, now: datetime) -> Select[Any]:
     if flt.states:
         query = query.where(cases.c.state.in_(flt.states))
-    for column, value in ((cases.c.specialty, flt.specialty), (cases.c.urgency, flt.urgency),
-                          (cases.c.clinic, flt.clinic), (cases.c.payer, flt.payer),
-                          (cases.c.assignee, flt.assignee)):
+    for column, value in (
+        (cases.c.specialty, flt.specialty),
+        (cases.c.urgency, flt.urgency),
+        (cases.c.clinic, flt.clinic),
+        (cases.c.payer, flt.payer),
+        (cases.c.assignee, flt.assignee),
+    ):
         if value is not None:
             query = query.where(column == value)
     if flt.min_age_hours is not None:
@@ -208,8 +297,7 @@ def _apply_filter(query: Select[Any], flt: CaseFilter, now: datetime) -> Select[
         query = query.where(cases.c.created_at >= now - timedelta(hours=flt.max_age_hours))
     if flt.text:
         words = [w for w in flt.text.lower().split() if w][:5]
-        query = query.where(*(or_(cases.c.search_text.contains(w, autoescape=True))
-                              for w in words))
+        query = query.where(*(or_(cases.c.search_text.contains(w, autoescape=True)) for w in words))
     return query
 
 

@@ -16,39 +16,54 @@ class OutboxStore:
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
 
-    def add(self, case_id: int | None, event_type: str, payload: dict[str, Any],
-            idempotency_key: str, at: datetime) -> None:
-        self._connection.execute(_INSERT, {
-            "case_id": case_id, "event_type": event_type, "payload": payload,
-            "idempotency_key": idempotency_key, "created_at": at, "available_at": at,
-            "attempts": 0,
-        })
+    def add(
+        self,
+        case_id: int | None,
+        event_type: str,
+        payload: dict[str, Any],
+        idempotency_key: str,
+        at: datetime,
+    ) -> None:
+        self._connection.execute(
+            _INSERT,
+            {
+                "case_id": case_id,
+                "event_type": event_type,
+                "payload": payload,
+                "idempotency_key": idempotency_key,
+                "created_at": at,
+                "available_at": at,
+                "attempts": 0,
+            },
+        )
 
     def claim_pending(self, now: datetime, limit: int) -> list[dict[str, Any]]:
         """Lock a batch of due rows; other workers skip them (PostgreSQL SKIP LOCKED)."""
         query = (
             select(outbox)
             .where(outbox.c.published_at.is_(None), outbox.c.available_at <= now)
-            .order_by(outbox.c.id).limit(limit)
+            .order_by(outbox.c.id)
+            .limit(limit)
             .with_for_update(skip_locked=True)
         )
         return [dict(r) for r in self._connection.execute(query).mappings()]
 
     def mark_published(self, outbox_id: int, at: datetime) -> None:
         self._connection.execute(
-            update(outbox).where(outbox.c.id == outbox_id)
+            update(outbox)
+            .where(outbox.c.id == outbox_id)
             .values(published_at=at, attempts=outbox.c.attempts + 1, last_error=None)
         )
 
     def mark_failed(self, outbox_id: int, error: str, retry_at: datetime) -> None:
         self._connection.execute(
-            update(outbox).where(outbox.c.id == outbox_id)
-            .values(attempts=outbox.c.attempts + 1, last_error=error[:2000],
-                    available_at=retry_at)
+            update(outbox)
+            .where(outbox.c.id == outbox_id)
+            .values(attempts=outbox.c.attempts + 1, last_error=error[:2000], available_at=retry_at)
         )
 
     def for_case(self, case_id: int) -> list[dict[str, Any]]:
         rows = self._connection.execute(
-            select(outbox).where(outbox.c.case_id == case_id).order_by(outbox.c.id)).mappings()
+            select(outbox).where(outbox.c.case_id == case_id).order_by(outbox.c.id)
+        ).mappings()
         return [dict(r) for r in rows]
-

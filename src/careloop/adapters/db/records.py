@@ -17,19 +17,31 @@ class IdempotencyRepository:
         self._connection = connection
 
     def find(self, actor_id: int, key: str) -> dict[str, Any] | None:
-        row = self._connection.execute(select(idempotency_keys).where(
-            idempotency_keys.c.actor_id == actor_id, idempotency_keys.c.key == key,
-        )).mappings().first()
+        row = (
+            self._connection.execute(
+                select(idempotency_keys).where(
+                    idempotency_keys.c.actor_id == actor_id,
+                    idempotency_keys.c.key == key,
+                )
+            )
+            .mappings()
+            .first()
+        )
         return dict(row) if row else None
 
-    def add(self, actor_id: int, key: str, request_hash: str, case_id: int,
-            at: datetime) -> None:
+    def add(self, actor_id: int, key: str, request_hash: str, case_id: int, at: datetime) -> None:
         try:
             with self._connection.begin_nested():
-                self._connection.execute(idempotency_keys.insert(), {
-                    "actor_id": actor_id, "key": key, "request_hash": request_hash,
-                    "case_id": case_id, "created_at": at,
-                })
+                self._connection.execute(
+                    idempotency_keys.insert(),
+                    {
+                        "actor_id": actor_id,
+                        "key": key,
+                        "request_hash": request_hash,
+                        "case_id": case_id,
+                        "created_at": at,
+                    },
+                )
         except IntegrityError as error:
             raise IdempotencyConflict(
                 f"a concurrent request with Idempotency-Key {key!r} won; retry to get its result"
@@ -41,14 +53,24 @@ class DefinitionRepository:
         self._connection = connection
 
     def all(self) -> list[dict[str, Any]]:
-        rows = self._connection.execute(select(workflow_definitions).order_by(
-            workflow_definitions.c.key, workflow_definitions.c.version)).mappings()
+        rows = self._connection.execute(
+            select(workflow_definitions).order_by(
+                workflow_definitions.c.key, workflow_definitions.c.version
+            )
+        ).mappings()
         return [dict(r) for r in rows]
 
     def find(self, key: str, version: int) -> dict[str, Any] | None:
-        row = self._connection.execute(select(workflow_definitions).where(
-            workflow_definitions.c.key == key, workflow_definitions.c.version == version,
-        )).mappings().first()
+        row = (
+            self._connection.execute(
+                select(workflow_definitions).where(
+                    workflow_definitions.c.key == key,
+                    workflow_definitions.c.version == version,
+                )
+            )
+            .mappings()
+            .first()
+        )
         return dict(row) if row else None
 
     def add(self, values: dict[str, Any]) -> None:

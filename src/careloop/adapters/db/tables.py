@@ -57,7 +57,8 @@ class UtcDateTime(TypeDecorator[datetime]):
 TZ = UtcDateTime()
 
 workflow_definitions = Table(
-    "workflow_definitions", metadata,
+    "workflow_definitions",
+    metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("key", String(100), nullable=False),
     Column("version", Integer, nullable=False),
@@ -70,7 +71,8 @@ workflow_definitions = Table(
 )
 
 cases = Table(
-    "cases", metadata,
+    "cases",
+    metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("case_type", String(50), nullable=False),
     Column("workflow_key", String(100), nullable=False),
@@ -97,7 +99,8 @@ cases = Table(
 )
 
 case_history = Table(
-    "case_history", metadata,
+    "case_history",
+    metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("case_id", ForeignKey("cases.id"), nullable=False, index=True),
     Column("from_state", String(64), nullable=True),
@@ -110,7 +113,8 @@ case_history = Table(
 )
 
 notes = Table(
-    "notes", metadata,
+    "notes",
+    metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("case_id", ForeignKey("cases.id"), nullable=False, index=True),
     Column("author_id", Integer, nullable=False),
@@ -120,7 +124,8 @@ notes = Table(
 )
 
 documents = Table(
-    "documents", metadata,
+    "documents",
+    metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("case_id", ForeignKey("cases.id"), nullable=False, index=True),
     Column("doc_type", String(50), nullable=False),
@@ -134,7 +139,8 @@ documents = Table(
 )
 
 tasks = Table(
-    "tasks", metadata,
+    "tasks",
+    metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("case_id", ForeignKey("cases.id"), nullable=False, index=True),
     Column("title", String(300), nullable=False),
@@ -147,7 +153,8 @@ tasks = Table(
 )
 
 audit_log = Table(
-    "audit_log", metadata,
+    "audit_log",
+    metadata,
     Column("chain", Integer, primary_key=True, autoincrement=False),
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
     Column("occurred_at", TZ, nullable=False),
@@ -167,14 +174,16 @@ audit_log = Table(
 )
 
 audit_heads = Table(
-    "audit_heads", metadata,
+    "audit_heads",
+    metadata,
     Column("chain", Integer, primary_key=True, autoincrement=False),
     Column("seq", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
 )
 
 outbox = Table(
-    "outbox", metadata,
+    "outbox",
+    metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("case_id", BigInteger, nullable=True),
     Column("event_type", String(100), nullable=False),
@@ -189,7 +198,8 @@ outbox = Table(
 )
 
 users = Table(
-    "users", metadata,
+    "users",
+    metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("username", String(150), nullable=False, unique=True),
     Column("display_name", String(200), nullable=False),
@@ -200,7 +210,8 @@ users = Table(
 )
 
 api_tokens = Table(
-    "api_tokens", metadata,
+    "api_tokens",
+    metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("user_id", ForeignKey("users.id"), nullable=False, index=True),
     Column("name", String(100), nullable=False),
@@ -212,7 +223,8 @@ api_tokens = Table(
 )
 
 idempotency_keys = Table(
-    "idempotency_keys", metadata,
+    "idempotency_keys",
+    metadata,
     Column("actor_id", Integer, primary_key=True, autoincrement=False),
     Column("key", String(200), primary_key=True),
     Column("request_hash", String(64), nullable=False),

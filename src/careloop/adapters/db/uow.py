@@ -44,7 +44,9 @@ class SqlUnitOfWork:
         self._transaction.commit()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         assert self._connection is not None and self._transaction is not None

@@ -25,8 +25,13 @@ def _deps(request: Request) -> Deps:
 
 
 @router.post("", status_code=201, summary="Create a referral")
-def create_referral(request: Request, response: Response, actor: CurrentActor,
-                    referral: ReferralIn, idempotency_key: IdempotencyKey = None) -> Any:
+def create_referral(
+    request: Request,
+    response: Response,
+    actor: CurrentActor,
+    referral: ReferralIn,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
     deps = _deps(request)
     case, created = cases.create_referral(deps, actor, referral, idempotency_key)
     workflow = deps.workflows.get(case.workflow_key, case.workflow_version)
@@ -38,10 +43,14 @@ def create_referral(request: Request, response: Response, actor: CurrentActor,
 
 @router.get("", summary="List and search referrals (work queue)")
 def list_referrals(
-    request: Request, actor: CurrentActor,
+    request: Request,
+    actor: CurrentActor,
     status: Annotated[list[str] | None, Query(max_length=20)] = None,
-    specialty: str | None = None, urgency: str | None = None, clinic: str | None = None,
-    payer: str | None = None, assignee: str | None = None,
+    specialty: str | None = None,
+    urgency: str | None = None,
+    clinic: str | None = None,
+    payer: str | None = None,
+    assignee: str | None = None,
     min_age_hours: Annotated[float | None, Query(ge=0)] = None,
     max_age_hours: Annotated[float | None, Query(ge=0)] = None,
     q: Annotated[str | None, Query(max_length=200)] = None,
@@ -50,9 +59,16 @@ def list_referrals(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Any:
     flt = CaseFilter(
-        states=tuple(status or ()), specialty=specialty, urgency=urgency, clinic=clinic,
-        payer=payer, assignee=assignee, min_age_hours=min_age_hours,
-        max_age_hours=max_age_hours, text=q, newest_first=order == "newest",
+        states=tuple(status or ()),
+        specialty=specialty,
+        urgency=urgency,
+        clinic=clinic,
+        payer=payer,
+        assignee=assignee,
+        min_age_hours=min_age_hours,
+        max_age_hours=max_age_hours,
+        text=q,
+        newest_first=order == "newest",
     )
     rows, next_cursor = queries.list_cases(_deps(request), actor, flt, limit, cursor)
     return {"items": rows, "next_cursor": next_cursor}
@@ -72,11 +88,13 @@ def update_referral(request: Request, actor: CurrentActor, case_id: int, body: U
 
 
 @router.post("/{case_id}/transitions", summary="Move a referral along its workflow")
-def transition_referral(request: Request, actor: CurrentActor, case_id: int,
-                        body: TransitionIn) -> Any:
+def transition_referral(
+    request: Request, actor: CurrentActor, case_id: int, body: TransitionIn
+) -> Any:
     deps = _deps(request)
-    case = cases.transition_case(deps, actor, case_id, body.transition, body.version,
-                                 body.reason, body.changes)
+    case = cases.transition_case(
+        deps, actor, case_id, body.transition, body.version, body.reason, body.changes
+    )
     return present_case(case, deps.workflows.get(case.workflow_key, case.workflow_version))
 
 
@@ -114,8 +132,9 @@ def list_tasks(request: Request, actor: CurrentActor, case_id: int) -> Any:
 
 @router.post("/{case_id}/tasks", status_code=201, summary="Add a task")
 def add_task(request: Request, actor: CurrentActor, case_id: int, body: TaskIn) -> Any:
-    return attachments.add_task(_deps(request), actor, case_id, body.title, body.assignee,
-                                body.due_at)
+    return attachments.add_task(
+        _deps(request), actor, case_id, body.title, body.assignee, body.due_at
+    )
 
 
 @router.get("/{case_id}/documents", summary="Documents (metadata)")
@@ -124,28 +143,41 @@ def list_documents(request: Request, actor: CurrentActor, case_id: int) -> Any:
 
 
 @router.post("/{case_id}/documents", status_code=201, summary="Upload a document")
-def upload_document(request: Request, actor: CurrentActor, case_id: int,
-                    doc_type: Annotated[str, Form(max_length=50)],
-                    file: Annotated[UploadFile, File()]) -> Any:
+def upload_document(
+    request: Request,
+    actor: CurrentActor,
+    case_id: int,
+    doc_type: Annotated[str, Form(max_length=50)],
+    file: Annotated[UploadFile, File()],
+) -> Any:
     deps = _deps(request)
     content = file.file.read(deps.max_upload_bytes + 1)
     if len(content) > deps.max_upload_bytes:
         raise PayloadTooLarge(f"file is larger than {deps.max_upload_bytes} bytes")
     if not file.filename:
         raise InvalidInput([FieldProblem("file", "a filename is required")])
-    return attachments.add_document(deps, actor, case_id, doc_type, file.filename,
-                                    file.content_type or "application/octet-stream", content)
-
-
-@router.get("/{case_id}/documents/{document_id}/content", summary="Download a document")
-def download_document(request: Request, actor: CurrentActor, case_id: int,
-                      document_id: int) -> Response:
-    document = queries.download_document(_deps(request), actor, case_id, document_id)
-    return Response(
-        document["content"], media_type=document["content_type"],
-        headers={"Content-Disposition": f'attachment; filename="{document["filename"]}"',
-                 "Digest": f"sha-256={document['sha256']}",
-                 "X-Content-Type-Options": "nosniff"},
+    return attachments.add_document(
+        deps,
+        actor,
+        case_id,
+        doc_type,
+        file.filename,
+        file.content_type or "application/octet-stream",
+        content,
     )
 
 
+@router.get("/{case_id}/documents/{document_id}/content", summary="Download a document")
+def download_document(
+    request: Request, actor: CurrentActor, case_id: int, document_id: int
+) -> Response:
+    document = queries.download_document(_deps(request), actor, case_id, document_id)
+    return Response(
+        document["content"],
+        media_type=document["content_type"],
+        headers={
+            "Content-Disposition": f'attachment; filename="{document["filename"]}"',
+            "Digest": f"sha-256={document['sha256']}",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
