@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -12,6 +13,7 @@ from careloop.services.ports import UnitOfWorkFactory
 
 # (text, source name) -> validated workflow; raises DefinitionInvalid
 WorkflowLoader = Callable[[str, str], Workflow]
+LATEST_TTL_SECONDS = 30.0
 
 
 class WorkflowRegistry:
@@ -25,6 +27,7 @@ class WorkflowRegistry:
         self._checksum = checksum
         self._compiled: dict[tuple[str, int], Workflow] = {}
         self._lock = threading.Lock()
+        self._latest: dict[str, tuple[float, Workflow]] = {}
 
     def get(self, key: str, version: int) -> Workflow:
         workflow = self._compiled.get((key, version))
@@ -40,6 +43,17 @@ class WorkflowRegistry:
         return workflow
 
     def latest(self, case_type: str) -> Workflow:
+        """The version new cases start on. Cached briefly: intake calls this every time,
+        and a version published by another process is picked up within LATEST_TTL."""
+        cached = self._latest.get(case_type)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        workflow = self._find_latest(case_type)
+        with self._lock:
+            self._latest[case_type] = (time.monotonic() + LATEST_TTL_SECONDS, workflow)
+        return workflow
+
+    def _find_latest(self, case_type: str) -> Workflow:
         with self._uow() as uow:
             rows = [r for r in uow.definitions.all() if r["case_type"] == case_type]
         if not rows:
@@ -101,4 +115,5 @@ class WorkflowRegistry:
             uow.commit()
         with self._lock:
             self._compiled[(workflow.key, workflow.version)] = workflow
+            self._latest.clear()
         return workflow, True

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 
 from careloop.adapters.db.tables import audit_heads, audit_log
@@ -22,6 +22,17 @@ from careloop.domain.audit import (
 )
 
 _INSERT = audit_log.insert()
+# Built once: these run in every write transaction.
+_SELECT_HEAD = (
+    select(audit_heads.c.seq, audit_heads.c.hash)
+    .where(audit_heads.c.chain == bindparam("chain"))
+    .with_for_update()
+)
+_UPDATE_HEAD = (
+    update(audit_heads)
+    .where(audit_heads.c.chain == bindparam("head_chain"))
+    .values(seq=bindparam("seq"), hash=bindparam("hash"))
+)
 
 
 class AuditStore:
@@ -42,19 +53,12 @@ class AuditStore:
         entry = chain_entry(chain, head[0], head[1], record)
         self._connection.execute(_INSERT, _row(entry))
         self._connection.execute(
-            update(audit_heads)
-            .where(audit_heads.c.chain == chain)
-            .values(seq=entry.seq, hash=entry.hash)
+            _UPDATE_HEAD, {"head_chain": chain, "seq": entry.seq, "hash": entry.hash}
         )
         return entry
 
     def _lock_head(self, chain: int) -> tuple[int, str]:
-        query = (
-            select(audit_heads.c.seq, audit_heads.c.hash)
-            .where(audit_heads.c.chain == chain)
-            .with_for_update()
-        )
-        head = self._connection.execute(query).first()
+        head = self._connection.execute(_SELECT_HEAD, {"chain": chain}).first()
         if head is None:
             # First use of this chain: create its head, tolerating a concurrent creator,
             # then lock it like any other head so appends stay strictly serial per chain.
@@ -65,7 +69,7 @@ class AuditStore:
                     )
             except IntegrityError:
                 pass
-            head = self._connection.execute(query).one()
+            head = self._connection.execute(_SELECT_HEAD, {"chain": chain}).one()
         return int(head.seq), str(head.hash)
 
     def for_case(self, case_id: int) -> list[dict[str, Any]]:
