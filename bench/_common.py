@@ -95,9 +95,10 @@ def parse_args(description: str, parser: argparse.ArgumentParser | None = None
 
 def header(title: str, **facts: object) -> None:
     cpus = os.cpu_count()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"== {title} ==")
-    print(f"   python {platform.python_version()} on {platform.machine()}, {cpus} CPUs"
-          + "".join(f", {k}={v}" for k, v in facts.items()))
+    print(f"   python {platform.python_version()} on {platform.machine()}, {cpus} CPUs, "
+          f"load average {load:.2f} at start" + "".join(f", {k}={v}" for k, v in facts.items()))
 
 
 # --- databases ---------------------------------------------------------------------

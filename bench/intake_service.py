@@ -2,9 +2,10 @@
 
 careloop: ``careloop.services.cases.create_referral`` — one transaction writing the case
 row, a case_history row, a hash-chained audit_log row (+ its audit_heads row, locked
-with SELECT ... FOR UPDATE on PostgreSQL), and an outbox row; it also looks up the
-latest workflow definition first. Referrals are validated once up front (validation is
-the API layer's cost and is measured by bench/intake_http.py).
+with SELECT ... FOR UPDATE on PostgreSQL), and an outbox row, after looking up the
+latest workflow definition (cached in memory for a few seconds). Referrals are
+validated once up front (validation is the API layer's cost, measured by
+bench/intake_http.py).
 
 raw baseline: the same three INSERTs per transaction (case with a JSON payload, audit
 row, outbox row) through the bare driver: ``sqlite3`` with careloop's pragmas (WAL,
@@ -151,9 +152,11 @@ class Runner:
     def __init__(self, step: Any, close: Any, offset: int = 0) -> None:
         self._step, self.close, self._i = step, close, offset
 
-    def run(self, seconds: float) -> tuple[int, list[float]]:
+    def run(self, seconds: float) -> tuple[int, list[float], float]:
+        """(intakes, their latencies, CPU seconds this process spent)."""
         latencies: list[float] = []
         clock, step, i = time.perf_counter, self._step, self._i
+        cpu = time.process_time()
         end = clock() + seconds
         while True:
             t0 = clock()
@@ -163,7 +166,7 @@ class Runner:
             latencies.append(clock() - t0)
             i += 1
         count, self._i = i - self._i, i
-        return count, latencies
+        return count, latencies, time.process_time() - cpu
 
     def warm(self, n: int) -> None:
         for _ in range(n):
@@ -267,20 +270,23 @@ def statements_per_intake(app: Any, n: int = 20) -> tuple[float, float]:
 
 class Tally:
     def __init__(self) -> None:
-        self.count, self.seconds = 0, 0.0
+        self.count, self.seconds, self.cpu = 0, 0.0, 0.0
         self.latencies: list[float] = []
 
-    def add(self, count: int, latencies: list[float], seconds: float) -> None:
+    def add(self, count: int, latencies: list[float], cpu: float, seconds: float) -> None:
         self.count += count
         self.seconds += seconds
         self.latencies += latencies
+        self.cpu += cpu
 
     @property
     def tps(self) -> float:
         return self.count / self.seconds if self.seconds else float("nan")
 
     def text(self) -> str:
-        return f"{self.tps:8.0f} tx/s  ({c.latency_ms(self.latencies)})"
+        cpu_us = 1e6 * self.cpu / self.count if self.count else float("nan")
+        return (f"{self.tps:8.0f} tx/s  ({c.latency_ms(self.latencies)}; "
+                f"client CPU {cpu_us:.0f} us/tx)")
 
 
 # --- (a) SQLite -------------------------------------------------------------------------
@@ -305,7 +311,7 @@ def bench_sqlite(rounds: int, seconds: float, warmup: int) -> None:
     c.line("raw sqlite3, 3 INSERTs per tx", theirs.text())
     c.ratio_line("ratio careloop / raw", ours.tps, theirs.tps, target_pct=50)
     c.line("careloop SQL statements per intake",
-           f"{per_intake[0]:.1f} in {per_intake[1]:.0f} transactions (raw: 5 in 1, incl. "
+           f"{per_intake[0]:.1f} in {per_intake[1]:.0f} transaction(s) (raw: 5 in 1, incl. "
            "BEGIN/COMMIT)")
 
 
@@ -356,8 +362,8 @@ class ClientPool:
         for queue in self.commands:
             queue.put(seconds)
         outcomes = self._collect(seconds + 120)
-        tally.add(sum(n for n, _ in outcomes), [x for _, lat in outcomes for x in lat],
-                  seconds)
+        tally.add(sum(n for n, _, _ in outcomes), [x for _, lat, _ in outcomes for x in lat],
+                  sum(cpu for _, _, cpu in outcomes), seconds)
 
     def close(self) -> None:
         for queue in self.commands:
@@ -400,7 +406,7 @@ def bench_postgres(clients: int, rounds: int, seconds: float, warmup: int) -> No
     c.line("raw psycopg 3, 3 INSERTs per tx", theirs.text())
     c.ratio_line("ratio careloop / raw", ours.tps, theirs.tps, target_pct=50)
     c.line("careloop SQL statements per intake",
-           f"{per_intake[0]:.1f} in {per_intake[1]:.0f} pool checkouts, each pre-pinged "
+           f"{per_intake[0]:.1f} in {per_intake[1]:.0f} pool checkout(s), each pre-pinged "
            "(raw: 4 + BEGIN)")
 
 

@@ -11,22 +11,50 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import START, referral_payload
-from tests.e2e.conftest import Server
+from careloop.domain.access import SYSTEM_ACTOR, Role
+from careloop.services import accounts
+from careloop.services.ports import ManualClock
+from tests.conftest import START, make_app, referral_payload
+from tests.e2e.conftest import Server, start_server
 
 REFERRALS = "/api/v1/referrals"
 PROBLEM_JSON = "application/problem+json"
 Clients = Callable[[str], httpx.Client]
 
 
+@pytest.fixture(scope="module")
+def shared_clock() -> ManualClock:
+    return ManualClock(START)
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory,
+                  shared_clock: ManualClock) -> Iterator[Server]:
+    """One server for this module: every test here compares counts before and after."""
+    app = make_app(f"sqlite:///{tmp_path_factory.mktemp('intake') / 'careloop.db'}",
+                   shared_clock)
+    tokens = {}
+    for role in Role:
+        username = f"user.{role.value}"
+        accounts.add_user(app.deps, SYSTEM_ACTOR, app.hashing, username, role.value,
+                          [role.value], None)
+        tokens[role.value] = accounts.create_token(app.deps, SYSTEM_ACTOR, username, "test",
+                                                   timedelta(days=1))
+    uv, thread, base_url = start_server(app)
+    yield Server(base_url, app, tokens)
+    uv.should_exit = True
+    thread.join(timeout=10)
+    app.engine.dispose()
+
+
 @pytest.fixture
-def api(server: Server) -> Iterator[Clients]:
+def api(shared_server: Server) -> Iterator[Clients]:
     """One open client per role, closed at the end of the test."""
     opened: dict[str, httpx.Client] = {}
 
     def client(role: str) -> httpx.Client:
         if role not in opened:
-            opened[role] = server.client(role)
+            opened[role] = shared_server.client(role)
         return opened[role]
 
     yield client
@@ -35,9 +63,16 @@ def api(server: Server) -> Iterator[Clients]:
 
 
 def case_count(api: Clients) -> int:
-    response = api("administrator").get(REFERRALS, params={"limit": 200})
-    assert response.status_code == 200, response.text
-    return len(response.json()["items"])
+    """How many referrals exist, over every page of the list."""
+    count, cursor = 0, None
+    while True:
+        params = {"limit": 200, **({"cursor": cursor} if cursor else {})}
+        response = api("administrator").get(REFERRALS, params=params)
+        assert response.status_code == 200, response.text
+        count += len(response.json()["items"])
+        cursor = response.json()["next_cursor"]
+        if cursor is None:
+            return count
 
 
 def problem_fields(response: httpx.Response) -> set[str]:
@@ -57,7 +92,8 @@ def with_provider(**changes: object) -> dict[str, Any]:
 # --- create and get ---------------------------------------------------------------------
 
 
-def test_creating_a_referral_returns_201_with_location_of_the_new_case(api: Clients) -> None:
+def test_creating_a_referral_returns_201_with_location_of_the_new_case(
+        api: Clients, shared_clock: ManualClock) -> None:
     response = api("intake_coordinator").post(REFERRALS, json=referral_payload())
 
     assert response.status_code == 201, response.text
@@ -70,9 +106,9 @@ def test_creating_a_referral_returns_201_with_location_of_the_new_case(api: Clie
     assert body["fhir"] == {"task_status": "received", "business_status": "intake-received",
                             "service_request_status": "active"}
     assert body["allowed_transitions"] == ["begin_review", "cancel"]
-    assert datetime.fromisoformat(body["created_at"]) == START
+    assert datetime.fromisoformat(body["created_at"]) == shared_clock.now()
     # urgent referrals must leave intake within 4 hours
-    assert datetime.fromisoformat(body["sla_due_at"]) == START + timedelta(hours=4)
+    assert datetime.fromisoformat(body["sla_due_at"]) == shared_clock.now() + timedelta(hours=4)
     assert body["referral"]["patient"]["family_name"] == "Okafor"
     assert body["referral"]["diagnoses"] == ["R07.9", "I10"]
 
@@ -111,6 +147,7 @@ def test_replaying_an_idempotency_key_with_the_same_body_returns_the_first_case(
         api: Clients) -> None:
     intake = api("intake_coordinator")
     headers = {"Idempotency-Key": "fax-2026-03-02-0001"}
+    before = case_count(api)
 
     first = intake.post(REFERRALS, json=referral_payload(), headers=headers)
     replay = intake.post(REFERRALS, json=referral_payload(), headers=headers)
@@ -121,7 +158,7 @@ def test_replaying_an_idempotency_key_with_the_same_body_returns_the_first_case(
     assert replay.headers["Location"] == first.headers["Location"]
     assert replay.headers["Idempotent-Replayed"] == "true"
     assert "Idempotent-Replayed" not in first.headers
-    assert case_count(api) == 1
+    assert case_count(api) == before + 1
 
 
 def test_an_idempotent_replay_with_fields_in_another_order_is_the_same_request(
@@ -130,6 +167,7 @@ def test_an_idempotent_replay_with_fields_in_another_order_is_the_same_request(
     headers = {"Idempotency-Key": "portal-7781", "Content-Type": "application/json"}
     payload = referral_payload()
     reordered = dict(reversed(list(payload.items())))
+    before = case_count(api)
 
     first = intake.post(REFERRALS, content=json.dumps(payload), headers=headers)
     replay = intake.post(REFERRALS, content=json.dumps(reordered), headers=headers)
@@ -137,7 +175,7 @@ def test_an_idempotent_replay_with_fields_in_another_order_is_the_same_request(
     assert replay.status_code == 201, replay.text
     assert replay.json()["id"] == first.json()["id"]
     assert replay.headers["Idempotent-Replayed"] == "true"
-    assert case_count(api) == 1
+    assert case_count(api) == before + 1
 
 
 def test_reusing_an_idempotency_key_with_a_different_body_is_a_409_conflict(
@@ -145,17 +183,19 @@ def test_reusing_an_idempotency_key_with_a_different_body_is_a_409_conflict(
     intake = api("intake_coordinator")
     headers = {"Idempotency-Key": "fax-2026-03-02-0002"}
     intake.post(REFERRALS, json=referral_payload(), headers=headers)
+    before = case_count(api)
 
     response = intake.post(REFERRALS, json=referral_payload(urgency="routine"), headers=headers)
 
     assert response.status_code == 409
     assert response.headers["content-type"] == PROBLEM_JSON
     assert response.json()["code"] == "idempotency_key_reused"
-    assert case_count(api) == 1
+    assert case_count(api) == before
 
 
 def test_idempotency_keys_are_scoped_to_the_user_who_sent_them(api: Clients) -> None:
     headers = {"Idempotency-Key": "shared-key-1"}
+    before = case_count(api)
 
     mine = api("intake_coordinator").post(REFERRALS, json=referral_payload(), headers=headers)
     theirs = api("referral_coordinator").post(REFERRALS, json=referral_payload(),
@@ -164,13 +204,15 @@ def test_idempotency_keys_are_scoped_to_the_user_who_sent_them(api: Clients) -> 
     assert mine.status_code == theirs.status_code == 201
     assert theirs.json()["id"] != mine.json()["id"]
     assert "Idempotent-Replayed" not in theirs.headers
-    assert case_count(api) == 2
+    assert case_count(api) == before + 2
 
 
 def test_concurrent_requests_with_one_idempotency_key_create_exactly_one_case(
-        server: Server) -> None:
+        shared_server: Server, api: Clients) -> None:
+    before = case_count(api)
+
     def send(_: int) -> httpx.Response:
-        with server.client("intake_coordinator") as client:
+        with shared_server.client("intake_coordinator") as client:
             return client.post(REFERRALS, json=referral_payload(),
                                headers={"Idempotency-Key": "burst-1"})
 
@@ -180,24 +222,37 @@ def test_concurrent_requests_with_one_idempotency_key_create_exactly_one_case(
     assert {r.status_code for r in responses} == {201}
     assert len({r.json()["id"] for r in responses}) == 1
     assert sum("Idempotent-Replayed" not in r.headers for r in responses) == 1
-    with server.client("administrator") as admin:
-        assert len(admin.get(REFERRALS).json()["items"]) == 1
+    assert case_count(api) == before + 1
+
+
+def test_an_overlong_idempotency_key_is_a_422_naming_the_header(api: Clients) -> None:
+    before = case_count(api)
+
+    response = api("intake_coordinator").post(REFERRALS, json=referral_payload(),
+                                              headers={"Idempotency-Key": "k" * 201})
+
+    assert response.status_code == 422
+    assert problem_fields(response) == {"header.Idempotency-Key"}
+    assert case_count(api) == before
 
 
 def test_without_an_idempotency_key_each_post_creates_a_new_case(api: Clients) -> None:
     intake = api("intake_coordinator")
+    before = case_count(api)
 
     first = intake.post(REFERRALS, json=referral_payload())
     second = intake.post(REFERRALS, json=referral_payload())
 
     assert first.json()["id"] != second.json()["id"]
-    assert case_count(api) == 2
+    assert case_count(api) == before + 2
 
 
 # --- bad input: the problem names the field and nothing is written ----------------------
 
 
 def test_malformed_json_is_a_400_problem_and_creates_nothing(api: Clients) -> None:
+    before = case_count(api)
+
     response = api("intake_coordinator").post(
         REFERRALS, content=b'{"patient": {"family_name": "Okafor",',
         headers={"Content-Type": "application/json"})
@@ -206,7 +261,7 @@ def test_malformed_json_is_a_400_problem_and_creates_nothing(api: Clients) -> No
     assert response.headers["content-type"] == PROBLEM_JSON
     assert response.json()["code"] == "malformed_json"
     assert problem_fields(response) == {"body"}
-    assert case_count(api) == 0
+    assert case_count(api) == before
 
 
 @pytest.mark.parametrize(
@@ -236,7 +291,7 @@ def test_malformed_json_is_a_400_problem_and_creates_nothing(api: Clients) -> No
 def test_invalid_referral_is_a_422_naming_each_bad_field_and_creates_nothing(
         api: Clients, payload: dict[str, Any], fields: set[str]) -> None:
     intake = api("intake_coordinator")
-    intake.post(REFERRALS, json=referral_payload())
+    before = case_count(api)
 
     response = intake.post(REFERRALS, json=payload)
 
@@ -244,7 +299,7 @@ def test_invalid_referral_is_a_422_naming_each_bad_field_and_creates_nothing(
     assert response.headers["content-type"] == PROBLEM_JSON
     assert response.json()["code"] == "invalid_input"
     assert problem_fields(response) == fields
-    assert case_count(api) == 1
+    assert case_count(api) == before
 
 
 def test_a_future_birth_date_is_explained_as_being_in_the_future(api: Clients) -> None:
@@ -257,13 +312,14 @@ def test_a_future_birth_date_is_explained_as_being_in_the_future(api: Clients) -
 
 def test_an_oversized_json_body_is_refused_with_413_and_creates_nothing(api: Clients) -> None:
     payload = referral_payload(reason="x" * 1_100_000)
+    before = case_count(api)
 
     response = api("intake_coordinator").post(REFERRALS, json=payload)
 
     assert response.status_code == 413
     assert response.headers["content-type"] == PROBLEM_JSON
     assert response.json()["code"] == "payload_too_large"
-    assert case_count(api) == 0
+    assert case_count(api) == before
 
 
 def test_an_oversized_json_body_sent_without_content_length_is_refused_with_413(
@@ -273,6 +329,7 @@ def test_an_oversized_json_body_sent_without_content_length_is_refused_with_413(
         for _ in range(12):
             yield b"x" * 100_000
         yield b'"}'
+    before = case_count(api)
 
     response = api("intake_coordinator").post(
         REFERRALS, content=chunks(), headers={"Content-Type": "application/json"})
@@ -280,4 +337,4 @@ def test_an_oversized_json_body_sent_without_content_length_is_refused_with_413(
     assert "content-length" not in response.request.headers
     assert response.status_code == 413, response.text
     assert response.json()["code"] == "payload_too_large"
-    assert case_count(api) == 0
+    assert case_count(api) == before

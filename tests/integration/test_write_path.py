@@ -18,7 +18,7 @@ from careloop.services import attachments, queries
 from careloop.services.cases import assign_case, create_referral, transition_case
 from careloop.services.ports import ManualClock
 from careloop.services.referral_input import ReferralChanges, validate_referral
-from tests.conftest import ADMIN, FINANCE, INTAKE, SCHEDULER, TRIAGE, referral_payload
+from tests.conftest import ADMIN, AUDITOR, INTAKE, SCHEDULER, TRIAGE, referral_payload
 
 
 def _counts(app: App) -> dict[str, int]:
@@ -74,7 +74,7 @@ def test_stale_version_is_refused_and_changes_nothing(app: App) -> None:
     "actor, name, error",
     [
         (INTAKE, "triage_accept", TransitionNotAllowed),  # wrong state
-        (FINANCE, "begin_review", PermissionDenied),  # role may not transition at all
+        (AUDITOR, "begin_review", PermissionDenied),  # role may not transition at all
         (TRIAGE, "begin_review", TransitionNotAllowed),  # role not listed on the transition
     ],
 )

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from careloop.services.referral_input import ReferralChanges
 
@@ -38,7 +37,7 @@ class NoteIn(_Body):
 class TaskIn(_Body):
     title: Annotated[str, Field(min_length=1, max_length=300)]
     assignee: Annotated[str, Field(max_length=150)] | None = None
-    due_at: datetime | None = None
+    due_at: AwareDatetime | None = None
 
 
 class LoginIn(_Body):

@@ -30,6 +30,7 @@ class Action(StrEnum):
     CASE_CREATE = "case.create"
     CASE_READ = "case.read"
     CASE_TRANSITION = "case.transition"
+    CASE_UPDATE = "case.update"
     CASE_ASSIGN = "case.assign"
     CASE_NOTE = "case.note"
     CASE_DOCUMENT_ADD = "case.document.add"
@@ -44,6 +45,7 @@ class Action(StrEnum):
 _WORK = {
     Action.CASE_READ,
     Action.CASE_TRANSITION,
+    Action.CASE_UPDATE,
     Action.CASE_NOTE,
     Action.CASE_DOCUMENT_ADD,
     Action.CASE_DOCUMENT_READ,
@@ -57,7 +59,9 @@ GRANTS: dict[Role, frozenset[Action]] = {
     Role.REFERRAL_COORDINATOR: frozenset(_MANAGE),
     Role.CLINICAL_TRIAGE: frozenset(_WORK),
     Role.UTILIZATION_REVIEW: frozenset(_WORK),
-    Role.FINANCE: frozenset({Action.CASE_READ, Action.WORKFLOW_READ}),
+    # Finance works eligibility (payer unreachable, retry); the workflow limits which
+    # transitions, the role only opens the door.
+    Role.FINANCE: frozenset({Action.CASE_READ, Action.CASE_TRANSITION, Action.WORKFLOW_READ}),
     Role.SCHEDULER: frozenset(_WORK),
     Role.CLINIC_MANAGER: frozenset(_MANAGE),
     Role.OPERATIONS_MANAGER: frozenset(_MANAGE),

@@ -10,3 +10,6 @@ from typing import Any
 class Event:
     type: str  # e.g. "case.created", "case.transitioned"
     payload: dict[str, Any] = field(default_factory=dict)
+    # What makes this event unique within its case when the case version does not
+    # change (notes, documents and tasks leave the version alone), e.g. "note:17".
+    key: str = ""

@@ -30,7 +30,7 @@ def add_note(deps: Deps, actor: Actor, case_id: int, body: str) -> dict[str, Any
     with deps.uow() as uow:
         case = uow.cases.get(case_id)
         note_id = uow.cases.add_note(case_id, actor.user_id, actor.username, text, now)
-        case.events.append(Event("case.note_added", {"note_id": note_id}))
+        case.events.append(Event("case.note_added", {"note_id": note_id}, key=f"note:{note_id}"))
         audit(
             uow,
             actor,
@@ -80,6 +80,7 @@ def add_document(
             Event(
                 "case.document_added",
                 {"document_id": document_id, "doc_type": doc_type, "sha256": values["sha256"]},
+                key=f"document:{document_id}",
             )
         )
         audit(
@@ -172,7 +173,9 @@ def add_task(
     with deps.uow() as uow:
         case = uow.cases.get(case_id)
         task_id = uow.cases.add_task(case_id, values)
-        case.events.append(Event("case.task_added", {"task_id": task_id, "title": title}))
+        case.events.append(
+            Event("case.task_added", {"task_id": task_id, "title": title}, key=f"task:{task_id}")
+        )
         audit(uow, actor, "case.task.add", now, case=case, detail={"task_id": task_id})
         publish_events(uow, case, now)
         uow.commit()

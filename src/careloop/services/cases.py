@@ -80,6 +80,7 @@ def transition_case(
     with deps.uow() as uow:
         case = _load_current(uow.cases.get(case_id), expected_version)
         if changes is not None:
+            actor.require(Action.CASE_UPDATE)
             _apply_changes(case, changes, now)
         workflow = deps.workflows.get(case.workflow_key, case.workflow_version)
         previous = case.state
@@ -112,7 +113,7 @@ def transition_case(
 def update_case(
     deps: Deps, actor: Actor, case_id: int, expected_version: int, changes: ReferralChanges
 ) -> Case:
-    actor.require(Action.CASE_TRANSITION)
+    actor.require(Action.CASE_UPDATE)
     now = deps.clock.now()
     with deps.uow() as uow:
         case = _load_current(uow.cases.get(case_id), expected_version)

@@ -54,6 +54,7 @@ def publish_events(uow: UnitOfWork, case: Case, at: datetime) -> None:
             "version": case.version,
             **event.payload,
         }
-        key = f"case:{case.id}:v{case.version}:{index}:{event.type}"
+        unique = event.key or f"v{case.version}:{index}"
+        key = f"case:{case.id}:{unique}:{event.type}"
         uow.outbox.add(case.id, event.type, payload, key, at)
     case.events.clear()

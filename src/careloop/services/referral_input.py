@@ -6,10 +6,10 @@ the domain so the API, the CLI and the demo generator all apply the same rules.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from careloop.domain.errors import FieldProblem, InvalidInput
 from careloop.domain.referral import (
@@ -101,7 +101,7 @@ class ReferralIn(_Strict):
     authorization_number: Identifier | None = None
     clinic: Text100
     channel: Channel = "api"
-    appointment_at: datetime | None = None
+    appointment_at: AwareDatetime | None = None
 
 
 class ReferralChanges(_Strict):
@@ -116,7 +116,7 @@ class ReferralChanges(_Strict):
     payer: dict[str, Any] | None = None
     network_status: NetworkStatus | None = None
     authorization_number: Identifier | None = None
-    appointment_at: datetime | None = None
+    appointment_at: AwareDatetime | None = None
 
 
 def problems_from(error: ValidationError, prefix: str = "") -> list[FieldProblem]:

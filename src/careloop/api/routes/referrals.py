@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, File, Form, Header, Query, Request, Response, UploadFile
 
@@ -176,8 +177,14 @@ def download_document(
         document["content"],
         media_type=document["content_type"],
         headers={
-            "Content-Disposition": f'attachment; filename="{document["filename"]}"',
+            "Content-Disposition": _attachment_header(document["filename"]),
             "Digest": f"sha-256={document['sha256']}",
             "X-Content-Type-Options": "nosniff",
         },
     )
+
+
+def _attachment_header(filename: str) -> str:
+    """RFC 6266: an ASCII fallback plus the exact UTF-8 name, so any filename survives."""
+    fallback = filename.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename)}"
