@@ -39,9 +39,21 @@ class OutboxStore:
 
     def claim_pending(self, now: datetime, limit: int) -> list[dict[str, Any]]:
         """Lock a batch of due rows; other workers skip them (PostgreSQL SKIP LOCKED)."""
+        earlier = outbox.alias("earlier")
+        # Only the oldest pending event of each case is eligible: a later event never
+        # overtakes one that is waiting out a retry backoff.
+        blocked = (
+            select(earlier.c.id)
+            .where(
+                earlier.c.case_id == outbox.c.case_id,
+                earlier.c.published_at.is_(None),
+                earlier.c.id < outbox.c.id,
+            )
+            .exists()
+        )
         query = (
             select(outbox)
-            .where(outbox.c.published_at.is_(None), outbox.c.available_at <= now)
+            .where(outbox.c.published_at.is_(None), outbox.c.available_at <= now, ~blocked)
             .order_by(outbox.c.id)
             .limit(limit)
             .with_for_update(skip_locked=True)

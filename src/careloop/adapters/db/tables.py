@@ -195,6 +195,7 @@ outbox = Table(
     Column("published_at", TZ, nullable=True),
     Column("last_error", Text, nullable=True),
     Index("ix_outbox_pending", "published_at", "available_at", "id"),
+    Index("ix_outbox_case", "case_id", "id"),
 )
 
 users = Table(

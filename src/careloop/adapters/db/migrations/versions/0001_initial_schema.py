@@ -146,6 +146,7 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_outbox_pending", ["published_at", "available_at", "id"], unique=False
         )
+        batch_op.create_index("ix_outbox_case", ["case_id", "id"], unique=False)
 
     op.create_table(
         "users",
@@ -325,6 +326,7 @@ def downgrade() -> None:
     op.drop_table("users")
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.drop_index("ix_outbox_pending")
+        batch_op.drop_index("ix_outbox_case")
 
     op.drop_table("outbox")
     op.drop_table("idempotency_keys")

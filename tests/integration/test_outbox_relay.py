@@ -1,0 +1,67 @@
+"""The outbox relay delivers committed events in order and never drops a failure."""
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import select
+
+from careloop.adapters.db.tables import outbox
+from careloop.bootstrap import App
+from careloop.engine.outbox import relay_once
+from careloop.services.cases import create_referral, transition_case
+from careloop.services.ports import ManualClock
+from careloop.services.referral_input import validate_referral
+from tests.conftest import INTAKE, referral_payload
+
+
+def _make_events(app: App) -> int:
+    case, _ = create_referral(app.deps, INTAKE, validate_referral(referral_payload()))
+    transition_case(app.deps, INTAKE, case.id, "begin_review", 1)
+    return case.id
+
+
+def test_events_are_delivered_once_in_commit_order(app: App) -> None:
+    case_id = _make_events(app)
+    seen: list[tuple[int, str]] = []
+    # One event per case per batch: the next becomes eligible once its predecessor is out.
+    for _ in range(2):
+        assert (
+            relay_once(
+                app.deps.uow,
+                app.deps.clock,
+                [lambda e: seen.append((e["case_id"], e["event_type"]))],
+            )
+            == 1
+        )
+    assert seen == [(case_id, "case.created"), (case_id, "case.transitioned")]
+    assert relay_once(app.deps.uow, app.deps.clock, [lambda e: seen.append(("x", ""))]) == 0
+    assert len(seen) == 2
+
+
+def test_a_failing_subscriber_leaves_the_event_pending_with_backoff_and_holds_later_ones(
+    app: App, clock: ManualClock
+) -> None:
+    _make_events(app)
+    calls: list[str] = []
+
+    def flaky(event: Mapping[str, Any]) -> None:
+        calls.append(event["event_type"])
+        raise ConnectionError("receiver down")
+
+    assert relay_once(app.deps.uow, app.deps.clock, [flaky]) == 0
+    # The second event of the same case is held back so order is kept.
+    assert calls == ["case.created"]
+    with app.engine.connect() as connection:
+        rows = connection.execute(select(outbox).order_by(outbox.c.id)).mappings().all()
+    assert rows[0]["attempts"] == 1 and "receiver down" in rows[0]["last_error"]
+    assert rows[0]["available_at"] > clock.now() and rows[1]["attempts"] == 0
+    # Nor is it delivered in a later batch while the first waits out its backoff.
+    assert relay_once(app.deps.uow, app.deps.clock, [lambda e: None]) == 0
+    clock.advance(seconds=5)
+    delivered: list[str] = []
+    for _ in range(2):
+        assert (
+            relay_once(app.deps.uow, app.deps.clock, [lambda e: delivered.append(e["event_type"])])
+            == 1
+        )
+    assert delivered == ["case.created", "case.transitioned"]
