@@ -7,9 +7,9 @@ from functools import partial
 
 from sqlalchemy import Engine
 
-from careloop.adapters.db.engine import make_engine
+from careloop.adapters.db.engine import is_sqlite, make_engine
 from careloop.adapters.db.migrate import require_migrated, upgrade
-from careloop.adapters.db.uow import SqlUnitOfWork
+from careloop.adapters.db.uow import SqlUnitOfWork, register_sqlite_write_lock
 from careloop.adapters.definitions import checksum, load_workflow_text, shipped_definitions
 from careloop.adapters.passwords import hash_password, verify_password
 from careloop.config import Settings
@@ -38,11 +38,15 @@ def build(settings: Settings, clock: Clock | None = None, *, check_migrated: boo
         except Exception:
             engine.dispose()
             raise
+    if is_sqlite(engine):
+        register_sqlite_write_lock(engine)
     uow = partial(SqlUnitOfWork, engine, settings.audit_chains)
+    read_uow = partial(SqlUnitOfWork, engine, settings.audit_chains, read_only=True)
     deps = Deps(
         uow=uow,
+        read_uow=read_uow,
         clock=clock or SystemClock(),
-        workflows=WorkflowRegistry(uow, load_workflow_text, checksum),
+        workflows=WorkflowRegistry(uow, read_uow, load_workflow_text, checksum),
         max_upload_bytes=settings.max_upload_bytes,
         allowed_upload_types=settings.allowed_upload_types,
     )

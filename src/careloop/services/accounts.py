@@ -127,7 +127,7 @@ class TokenAuthenticator:
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > time.monotonic():
             return _with_address(cached[1], source_address)
-        with self._deps.uow() as uow:
+        with self._deps.read_uow() as uow:
             row = uow.accounts.token_with_user(digest)
         now = self._deps.clock.now()
         if row is None or row["revoked_at"] is not None or not row["active"]:

@@ -27,7 +27,7 @@ def create_referral(
     """Create a referral; returns (case, created). A replayed key returns the first case."""
     actor.require(Action.CASE_CREATE)
     data = referral.model_dump(mode="json", exclude_none=True)
-    request_hash = _hash_request(data)
+    request_hash = _hash_request(data) if idempotency_key else ""
     now = deps.clock.now()
     workflow = deps.workflows.latest(CASE_TYPE)
     with deps.uow() as uow:

@@ -11,6 +11,7 @@ from careloop.services.workflows import WorkflowRegistry
 @dataclass(frozen=True)
 class Deps:
     uow: UnitOfWorkFactory
+    read_uow: UnitOfWorkFactory  # for lookups that write nothing (no audit either)
     clock: Clock
     workflows: WorkflowRegistry
     max_upload_bytes: int = 20_000_000

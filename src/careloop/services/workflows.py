@@ -20,9 +20,14 @@ class WorkflowRegistry:
     """Compiled workflows by (key, version); loads stored versions on first use."""
 
     def __init__(
-        self, uow: UnitOfWorkFactory, load: WorkflowLoader, checksum: Callable[[str], str]
+        self,
+        uow: UnitOfWorkFactory,
+        read_uow: UnitOfWorkFactory,
+        load: WorkflowLoader,
+        checksum: Callable[[str], str],
     ) -> None:
         self._uow = uow
+        self._read_uow = read_uow
         self._load = load
         self._checksum = checksum
         self._compiled: dict[tuple[str, int], Workflow] = {}
@@ -33,7 +38,7 @@ class WorkflowRegistry:
         workflow = self._compiled.get((key, version))
         if workflow is not None:
             return workflow
-        with self._uow() as uow:
+        with self._read_uow() as uow:
             row = uow.definitions.find(key, version)
         if row is None:
             raise NotFound(f"workflow {key} version {version} is not stored")
@@ -54,7 +59,7 @@ class WorkflowRegistry:
         return workflow
 
     def _find_latest(self, case_type: str) -> Workflow:
-        with self._uow() as uow:
+        with self._read_uow() as uow:
             rows = [r for r in uow.definitions.all() if r["case_type"] == case_type]
         if not rows:
             raise NotFound(
@@ -64,7 +69,7 @@ class WorkflowRegistry:
         return self.get(newest["key"], newest["version"])
 
     def list(self) -> list[dict[str, object]]:
-        with self._uow() as uow:
+        with self._read_uow() as uow:
             rows = uow.definitions.all()
         return [
             {

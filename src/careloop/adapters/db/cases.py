@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, or_, select, update
+from sqlalchemy import Connection, func, literal, or_, select, tuple_, update
 from sqlalchemy.sql import Select
 
-from careloop.adapters.db.tables import case_history, cases, documents, notes, tasks
+from careloop.adapters.db.tables import TZ, Id, case_history, cases, documents, notes, tasks
 from careloop.domain.case import Case
 from careloop.domain.errors import FieldProblem, InvalidInput, NotFound, StaleVersion
 from careloop.domain.referral import lookup
@@ -195,18 +195,14 @@ class CaseRepository:
         )
         if cursor:
             created_at, case_id = _decode_cursor(cursor)
-            after = (
-                (cases.c.created_at < created_at)
-                | and_(cases.c.created_at == created_at, cases.c.id < case_id)
-                if flt.newest_first
-                else (cases.c.created_at > created_at)
-                | and_(cases.c.created_at == created_at, cases.c.id > case_id)
-            )
-            query = query.where(after)
-        rows = [
-            dict(r)
-            for r in self._connection.execute(query.order_by(*order).limit(limit + 1)).mappings()
-        ]
+            # A row-value comparison lets the index seek straight to the cursor; the
+            # equivalent OR form makes both databases scan the queue from its start.
+            key = tuple_(cases.c.created_at, cases.c.id)
+            position = tuple_(literal(created_at, TZ), literal(case_id, Id))
+            query = query.where(key < position if flt.newest_first else key > position)
+        result = self._connection.execute(query.order_by(*order).limit(limit + 1))
+        keys = list(result.keys())
+        rows = [dict(zip(keys, row, strict=True)) for row in result.all()]
         next_cursor = None
         if len(rows) > limit:
             rows = rows[:limit]

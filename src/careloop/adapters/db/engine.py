@@ -14,8 +14,15 @@ def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
         return _sqlite_engine(url, echo)
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
+    # No pre-ping and no reset-on-return: each costs a round trip per unit of work, and
+    # the unit of work always ends its transaction itself. A dead connection fails the
+    # use case (which rolls back) and the pool replaces it.
     return create_engine(
-        parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, echo=echo
+        parsed,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        echo=echo,
+        pool_reset_on_return=None,
     )
 
 
@@ -42,8 +49,11 @@ def _sqlite_engine(url: str, echo: bool) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
-        # Take the write lock up front: a read that later upgrades to a write can fail
-        # with SQLITE_BUSY no matter how long it waits.
+        if connection.get_execution_options().get("careloop_read_only"):
+            connection.exec_driver_sql("BEGIN")  # WAL readers never wait for the writer
+            return
+        # Writers take the write lock up front: a read that later upgrades to a write
+        # can fail with SQLITE_BUSY no matter how long it waits.
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine

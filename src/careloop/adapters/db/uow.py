@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from types import TracebackType
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Engine, RootTransaction
 
@@ -21,16 +23,28 @@ class SqlUnitOfWork:
     idempotency: IdempotencyRepository
     definitions: DefinitionRepository
 
-    def __init__(self, engine: Engine, audit_chains: int = 16) -> None:
+    def __init__(self, engine: Engine, audit_chains: int = 16, read_only: bool = False) -> None:
         self._engine = engine
         self._audit_chains = audit_chains
+        self._read_only = read_only
         self._connection: Connection | None = None
         self._transaction: RootTransaction | None = None
+        # SQLite allows one writer; queueing writers on a lock in the process is fair and
+        # fast, where SQLite's busy handler sleeps up to 100 ms between retries.
+        self._write_lock = None if read_only else _SQLITE_WRITE_LOCKS.get(engine)
 
     def __enter__(self) -> SqlUnitOfWork:
-        connection = self._engine.connect()
-        self._connection = connection
-        self._transaction = connection.begin()
+        if self._write_lock is not None:
+            self._write_lock.acquire()
+        try:
+            connection = self._engine.connect()
+            if self._read_only:
+                connection = connection.execution_options(careloop_read_only=True)
+            self._connection = connection
+            self._transaction = connection.begin()
+        except BaseException:
+            self._release()
+            raise
         self.cases = CaseRepository(connection)
         self.audit = AuditStore(connection, self._audit_chains)
         self.outbox = OutboxStore(connection)
@@ -57,3 +71,15 @@ class SqlUnitOfWork:
             self._connection.close()
             self._connection = None
             self._transaction = None
+            self._release()
+
+    def _release(self) -> None:
+        if self._write_lock is not None:
+            self._write_lock.release()
+
+
+_SQLITE_WRITE_LOCKS: WeakKeyDictionary[Engine, threading.Lock] = WeakKeyDictionary()
+
+
+def register_sqlite_write_lock(engine: Engine) -> None:
+    _SQLITE_WRITE_LOCKS.setdefault(engine, threading.Lock())
