@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 
+from careloop.adapters.db.driver_sql import DriverStatement, insert_into
 from careloop.adapters.db.tables import audit_heads, audit_log
 from careloop.domain.audit import (
     GENESIS_HASH,
@@ -21,14 +22,14 @@ from careloop.domain.audit import (
     verify_chain,
 )
 
-_INSERT = audit_log.insert()
+_INSERT = insert_into(audit_log)
 # Built once: these run in every write transaction.
-_SELECT_HEAD = (
+_SELECT_HEAD = DriverStatement(
     select(audit_heads.c.seq, audit_heads.c.hash)
     .where(audit_heads.c.chain == bindparam("chain"))
     .with_for_update()
 )
-_UPDATE_HEAD = (
+_UPDATE_HEAD = DriverStatement(
     update(audit_heads)
     .where(audit_heads.c.chain == bindparam("head_chain"))
     .values(seq=bindparam("seq"), hash=bindparam("hash"))
@@ -51,14 +52,14 @@ class AuditStore:
         chain = self._chain
         head = self._lock_head(chain)
         entry = chain_entry(chain, head[0], head[1], record)
-        self._connection.execute(_INSERT, _row(entry))
-        self._connection.execute(
-            _UPDATE_HEAD, {"head_chain": chain, "seq": entry.seq, "hash": entry.hash}
+        _INSERT.execute(self._connection, _row(entry))
+        _UPDATE_HEAD.execute(
+            self._connection, {"head_chain": chain, "seq": entry.seq, "hash": entry.hash}
         )
         return entry
 
     def _lock_head(self, chain: int) -> tuple[int, str]:
-        head = self._connection.execute(_SELECT_HEAD, {"chain": chain}).first()
+        head = _SELECT_HEAD.execute(self._connection, {"chain": chain}).fetchone()
         if head is None:
             # First use of this chain: create its head, tolerating a concurrent creator,
             # then lock it like any other head so appends stay strictly serial per chain.
@@ -69,8 +70,8 @@ class AuditStore:
                     )
             except IntegrityError:
                 pass
-            head = self._connection.execute(_SELECT_HEAD, {"chain": chain}).one()
-        return int(head.seq), str(head.hash)
+            head = _SELECT_HEAD.execute(self._connection, {"chain": chain}).fetchone()
+        return int(head[0]), str(head[1])
 
     def for_case(self, case_id: int) -> list[dict[str, Any]]:
         rows = self._connection.execute(

@@ -10,13 +10,14 @@ from typing import Any
 from sqlalchemy import Connection, func, literal, or_, select, tuple_, update
 from sqlalchemy.sql import Select
 
+from careloop.adapters.db.driver_sql import insert_into
 from careloop.adapters.db.tables import TZ, Id, case_history, cases, documents, notes, tasks
 from careloop.domain.case import Case
 from careloop.domain.errors import FieldProblem, InvalidInput, NotFound, StaleVersion
 from careloop.domain.referral import lookup
 
-_INSERT_CASE = cases.insert().returning(cases.c.id)
-_INSERT_HISTORY = case_history.insert()
+_INSERT_CASE = insert_into(cases, returning_id=True)
+_INSERT_HISTORY = insert_into(case_history)
 _SUMMARY_COLUMNS = (
     cases.c.id,
     cases.c.case_type,
@@ -91,7 +92,7 @@ class CaseRepository:
             "state_entered_at": case.state_entered_at,
             **_denormalised(case),
         }
-        case_id = int(self._connection.execute(_INSERT_CASE, row).scalar_one())
+        case_id = int(_INSERT_CASE.execute(self._connection, row).fetchone()[0])
         case.id = case_id
         return case_id
 
@@ -162,8 +163,8 @@ class CaseRepository:
         reason: str,
         at: datetime,
     ) -> None:
-        self._connection.execute(
-            _INSERT_HISTORY,
+        _INSERT_HISTORY.execute(
+            self._connection,
             {
                 "case_id": case_id,
                 "from_state": from_state,

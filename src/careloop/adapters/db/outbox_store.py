@@ -7,9 +7,10 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
+from careloop.adapters.db.driver_sql import insert_into
 from careloop.adapters.db.tables import outbox
 
-_INSERT = outbox.insert()
+_INSERT = insert_into(outbox)
 
 
 class OutboxStore:
@@ -24,8 +25,8 @@ class OutboxStore:
         idempotency_key: str,
         at: datetime,
     ) -> None:
-        self._connection.execute(
-            _INSERT,
+        _INSERT.execute(
+            self._connection,
             {
                 "case_id": case_id,
                 "event_type": event_type,
