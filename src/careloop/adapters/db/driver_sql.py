@@ -46,13 +46,18 @@ class DriverStatement:
     def execute(self, connection: Connection, params: Mapping[str, Any]) -> Any:
         """Run with ``params``; returns the DBAPI cursor (fetch RETURNING rows from it)."""
         sql, names, processors = self._for(connection.dialect)
-        values = {**self._defaults, **params}
-        converted = {
-            name: (processor(values.get(name)) if processor else values.get(name))
-            for name, processor in processors.items()
-        }
+        defaults = self._defaults
+
+        def value(name: str) -> Any:
+            raw = params[name] if name in params else defaults.get(name)
+            processor = processors[name]
+            return processor(raw) if processor is not None else raw
+
         cursor = connection.connection.cursor()
-        cursor.execute(sql, [converted[n] for n in names] if names is not None else converted)
+        if names is not None:
+            cursor.execute(sql, [value(name) for name in names])
+        else:
+            cursor.execute(sql, {name: value(name) for name in processors})
         return cursor
 
 

@@ -49,12 +49,14 @@ def _sqlite_engine(url: str, echo: bool) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
+        # Straight to the driver: this runs on every unit of work.
+        dbapi_connection = connection.connection.dbapi_connection
         if connection.get_execution_options().get("careloop_read_only"):
-            connection.exec_driver_sql("BEGIN")  # WAL readers never wait for the writer
+            dbapi_connection.execute("BEGIN")  # WAL readers never wait for the writer
             return
         # Writers take the write lock up front: a read that later upgrades to a write
         # can fail with SQLITE_BUSY no matter how long it waits.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        dbapi_connection.execute("BEGIN IMMEDIATE")
 
     return engine
 
