@@ -240,34 +240,6 @@ def raw_pg_runner(url: str, index: int) -> Runner:
     return Runner(step, connection.close, index * 7919)
 
 
-def statements_per_intake(app: Any, n: int = 20) -> tuple[float, float]:
-    """(SQL statements incl. BEGIN/COMMIT/ROLLBACK, pool checkouts) careloop needs per intake."""
-    from sqlalchemy import event
-
-    from careloop.services.cases import create_referral
-
-    counts = {"sql": 0, "checkout": 0}
-
-    def _sql(*_args: Any) -> None:
-        counts["sql"] += 1
-
-    def _checkout(*_args: Any) -> None:
-        counts["checkout"] += 1
-
-    referrals, actor = _referrals()[:n], _actor()
-    hooks = [(app.engine, "before_cursor_execute", _sql), (app.engine, "commit", _sql),
-             (app.engine, "rollback", _sql), (app.engine.pool, "checkout", _checkout)]
-    for target, name, fn in hooks:
-        event.listen(target, name, fn)
-    try:
-        for referral in referrals:
-            create_referral(app.deps, actor, referral)
-    finally:
-        for target, name, fn in hooks:
-            event.remove(target, name, fn)
-    return counts["sql"] / n, counts["checkout"] / n
-
-
 class Tally:
     def __init__(self) -> None:
         self.count, self.seconds, self.cpu = 0, 0.0, 0.0
@@ -296,7 +268,7 @@ def bench_sqlite(rounds: int, seconds: float, warmup: int) -> None:
     print(f"-- (a) SQLite, one client, WAL + synchronous=FULL; {rounds} alternating rounds "
           f"of {seconds:g} s per side --")
     with c.temp_dir("careloop-bench-") as tmp:
-        careloop, app = careloop_runner(f"sqlite:///{tmp / 'careloop.db'}", migrate=True)
+        careloop, _app = careloop_runner(f"sqlite:///{tmp / 'careloop.db'}", migrate=True)
         raw = raw_sqlite_runner(tmp / "raw.db")
         careloop.warm(warmup)
         raw.warm(warmup)
@@ -304,15 +276,13 @@ def bench_sqlite(rounds: int, seconds: float, warmup: int) -> None:
         for _ in range(rounds):
             ours.add(*careloop.run(seconds), seconds)
             theirs.add(*raw.run(seconds), seconds)
-        per_intake = statements_per_intake(app)  # after the loop: every audit chain exists
         careloop.close()
         raw.close()
     c.line("careloop create_referral", ours.text())
     c.line("raw sqlite3, 3 INSERTs per tx", theirs.text())
     c.ratio_line("ratio careloop / raw", ours.tps, theirs.tps, target_pct=50)
-    c.line("careloop SQL statements per intake",
-           f"{per_intake[0]:.1f} in {per_intake[1]:.0f} transaction(s) (raw: 5 in 1, incl. "
-           "BEGIN/COMMIT)")
+    # careloop's transaction: BEGIN IMMEDIATE, case, history, audit head read, audit row,
+    # audit head update, outbox, COMMIT (raw: BEGIN, 3 INSERTs, COMMIT).
 
 
 # --- (b) PostgreSQL --------------------------------------------------------------------
@@ -382,9 +352,8 @@ def bench_postgres(clients: int, rounds: int, seconds: float, warmup: int) -> No
     import psycopg
 
     with c.pg_schema("bench_intake") as url:
-        runner, app = careloop_runner(url, migrate=True)
+        runner, _app = careloop_runner(url, migrate=True)
         runner.warm(200)  # create every audit chain's head before counting
-        per_intake = statements_per_intake(app)
         runner.close()
         with psycopg.connect(c.pg_conninfo(url), autocommit=True) as connection:
             for statement in RAW_PG_DDL.split(";"):
@@ -405,9 +374,8 @@ def bench_postgres(clients: int, rounds: int, seconds: float, warmup: int) -> No
     c.line("careloop create_referral", ours.text())
     c.line("raw psycopg 3, 3 INSERTs per tx", theirs.text())
     c.ratio_line("ratio careloop / raw", ours.tps, theirs.tps, target_pct=50)
-    c.line("careloop SQL statements per intake",
-           f"{per_intake[0]:.1f} in {per_intake[1]:.0f} pool checkout(s), each pre-pinged "
-           "(raw: 4 + BEGIN)")
+    # careloop's transaction: case, history, audit head read (FOR UPDATE), audit row,
+    # audit head update, outbox, COMMIT (raw: 3 INSERTs, COMMIT).
 
 
 def main() -> None:
