@@ -24,8 +24,8 @@ def backoff(attempts: int, base_seconds: float = 2.0, cap_seconds: float = 3600.
 
 
 def log_event(event: Mapping[str, Any]) -> None:
-    """The event-log subscriber: one structured line per committed event."""
-    log.info(
+    """The event-log subscriber: one line per committed event at DEBUG level."""
+    log.debug(
         "event %s case=%s key=%s", event["event_type"], event["case_id"], event["idempotency_key"]
     )
 
@@ -34,7 +34,7 @@ def relay_once(
     uow: UnitOfWorkFactory, clock: Clock, handlers: list[Handler], batch: int = 100
 ) -> int:
     """Deliver one batch; returns how many rows were published."""
-    published = 0
+    published: list[int] = []
     with uow() as work:
         now = clock.now()
         blocked_cases: set[int] = set()
@@ -49,10 +49,12 @@ def relay_once(
                 work.outbox.mark_failed(row["id"], repr(error), now + backoff(int(row["attempts"])))
                 blocked_cases.add(row["case_id"])
                 continue
-            work.outbox.mark_published(row["id"], now)
-            published += 1
+            published.append(row["id"])
+        work.outbox.mark_published(published, now)
         work.commit()
-    return published
+    if published:
+        log.info("outbox delivered %d events", len(published))
+    return len(published)
 
 
 class OutboxWorker(threading.Thread):

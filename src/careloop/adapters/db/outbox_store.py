@@ -61,12 +61,14 @@ class OutboxStore:
         )
         return [dict(r) for r in self._connection.execute(query).mappings()]
 
-    def mark_published(self, outbox_id: int, at: datetime) -> None:
-        self._connection.execute(
-            update(outbox)
-            .where(outbox.c.id == outbox_id)
-            .values(published_at=at, attempts=outbox.c.attempts + 1, last_error=None)
-        )
+    def mark_published(self, outbox_ids: list[int], at: datetime) -> None:
+        """One statement for a whole delivered batch."""
+        if outbox_ids:
+            self._connection.execute(
+                update(outbox)
+                .where(outbox.c.id.in_(outbox_ids))
+                .values(published_at=at, attempts=outbox.c.attempts + 1, last_error=None)
+            )
 
     def mark_failed(self, outbox_id: int, error: str, retry_at: datetime) -> None:
         self._connection.execute(
