@@ -5,7 +5,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -18,7 +19,7 @@ from careloop.bootstrap import App
 from careloop.domain.access import SYSTEM_ACTOR, Role
 from careloop.services import accounts
 from careloop.services.ports import ManualClock
-from tests.conftest import make_app
+from tests.conftest import START, make_app
 
 
 @dataclass
@@ -53,17 +54,59 @@ def start_server(app: App) -> tuple[uvicorn.Server, threading.Thread, str]:
     return server, thread, f"http://127.0.0.1:{port}"
 
 
+@contextmanager
+def running_server(app: App, roles: Iterable[Role] = tuple(Role)) -> Iterator[Server]:
+    """Serve ``app`` on loopback with one token-holding user per role; stop it after."""
+    tokens = {}
+    for role in roles:
+        username = f"user.{role.value}"
+        accounts.add_user(app.deps, SYSTEM_ACTOR, app.hashing, username, role.value,
+                          [role.value], None)
+        tokens[role.value] = accounts.create_token(app.deps, SYSTEM_ACTOR, username, "test",
+                                                   timedelta(days=1))
+    uv, thread, base_url = start_server(app)
+    try:
+        yield Server(base_url, app, tokens)
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
+        app.engine.dispose()
+
+
 @pytest.fixture
 def server(sqlite_url: str, clock: ManualClock) -> Iterator[Server]:
-    app = make_app(sqlite_url, clock)
-    tokens = {}
-    for role in Role:
-        accounts.add_user(app.deps, SYSTEM_ACTOR, app.hashing, f"user.{role.value}",
-                          role.value, [role.value], None)
-        tokens[role.value] = accounts.create_token(app.deps, SYSTEM_ACTOR, f"user.{role.value}",
-                                                   "test", timedelta(days=1))
-    uv, thread, base_url = start_server(app)
-    yield Server(base_url, app, tokens)
-    uv.should_exit = True
-    thread.join(timeout=10)
-    app.engine.dispose()
+    """A fresh server per test: for tests that move the clock or need an empty database."""
+    with running_server(make_app(sqlite_url, clock)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def shared_clock() -> ManualClock:
+    return ManualClock(START)
+
+
+@pytest.fixture(scope="module")
+def shared_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                  shared_clock: ManualClock) -> Iterator[Server]:
+    """One server per test module; its tests compare counts before and after."""
+    folder = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    with running_server(make_app(f"sqlite:///{folder / 'careloop.db'}", shared_clock)) as running:
+        yield running
+
+
+Clients = Callable[[str], httpx.Client]
+
+
+@pytest.fixture
+def api(shared_server: Server) -> Iterator[Clients]:
+    """One open client per role on the module's server, closed after the test."""
+    opened: dict[str, httpx.Client] = {}
+
+    def client(role: str) -> httpx.Client:
+        if role not in opened:
+            opened[role] = shared_server.client(role)
+        return opened[role]
+
+    yield client
+    for each in opened.values():
+        each.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -13,46 +12,16 @@ import pytest
 from careloop.domain.access import SYSTEM_ACTOR, Role
 from careloop.services import accounts
 from careloop.services.ports import ManualClock
-from tests.conftest import START, make_app, referral_payload
-from tests.e2e.conftest import Server, start_server
+from tests.conftest import referral_payload
+from tests.e2e.conftest import Clients, Server
 
 REFERRALS = "/api/v1/referrals"
 PROBLEM_JSON = "application/problem+json"
 PDF = b"%PDF-1.4\n%%EOF\n"
-Clients = Callable[[str], httpx.Client]
 
 
-@pytest.fixture(scope="module")
-def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One server for the tests here that neither move the clock nor add users."""
-    app = make_app(f"sqlite:///{tmp_path_factory.mktemp('access') / 'careloop.db'}",
-                   ManualClock(START))
-    tokens = {}
-    for role in Role:
-        username = f"user.{role.value}"
-        accounts.add_user(app.deps, SYSTEM_ACTOR, app.hashing, username, role.value,
-                          [role.value], None)
-        tokens[role.value] = accounts.create_token(app.deps, SYSTEM_ACTOR, username, "test",
-                                                   timedelta(days=1))
-    uv, thread, base_url = start_server(app)
-    yield Server(base_url, app, tokens)
-    uv.should_exit = True
-    thread.join(timeout=10)
-    app.engine.dispose()
 
 
-@pytest.fixture
-def api(shared_server: Server) -> Iterator[Clients]:
-    opened: dict[str, httpx.Client] = {}
-
-    def client(role: str) -> httpx.Client:
-        if role not in opened:
-            opened[role] = shared_server.client(role)
-        return opened[role]
-
-    yield client
-    for each in opened.values():
-        each.close()
 
 
 @pytest.fixture

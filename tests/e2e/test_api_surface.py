@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
 
 import httpx
 import pytest
 
-from careloop.domain.access import SYSTEM_ACTOR, Role
-from careloop.services import accounts
+from careloop.domain.access import Role
 from careloop.services.ports import ManualClock
 from tests.conftest import START, make_app
-from tests.e2e.conftest import Server, start_server
+from tests.e2e.conftest import Server, running_server
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -22,18 +20,8 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Nothing here writes referrals, so the whole module shares one server."""
     app = make_app(f"sqlite:///{tmp_path_factory.mktemp('surface') / 'careloop.db'}",
                    ManualClock(START))
-    tokens = {}
-    for role in (Role.ADMINISTRATOR, Role.AUDITOR):
-        username = f"user.{role.value}"
-        accounts.add_user(app.deps, SYSTEM_ACTOR, app.hashing, username, role.value,
-                          [role.value], None)
-        tokens[role.value] = accounts.create_token(app.deps, SYSTEM_ACTOR, username, "test",
-                                                   timedelta(days=1))
-    uv, thread, base_url = start_server(app)
-    yield Server(base_url, app, tokens)
-    uv.should_exit = True
-    thread.join(timeout=10)
-    app.engine.dispose()
+    with running_server(app, [Role.ADMINISTRATOR, Role.AUDITOR]) as running:
+        yield running
 
 
 @pytest.fixture

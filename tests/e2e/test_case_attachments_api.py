@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import httpx
 import pytest
 
-from careloop.domain.access import SYSTEM_ACTOR
-from careloop.services import accounts
+from careloop.domain.access import Role
 from careloop.services.ports import ManualClock
 from tests.conftest import START, make_app, referral_payload
-from tests.e2e.conftest import Server, start_server
+from tests.e2e.conftest import Server, running_server
 
 REFERRALS = "/api/v1/referrals"
 PROBLEM_JSON = "application/problem+json"
@@ -22,37 +21,19 @@ PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
 SMALL_UPLOAD_LIMIT = 2048
 
 
-def launch(path: str, clock: ManualClock, **settings: object) -> Iterator[Server]:
-    """A server with an intake coordinator (the role that handles attachments here)."""
-    app = make_app(f"sqlite:///{path}", clock, **settings)
-    accounts.add_user(app.deps, SYSTEM_ACTOR, app.hashing, "user.intake_coordinator",
-                      "Intake", ["intake_coordinator"], None)
-    token = accounts.create_token(app.deps, SYSTEM_ACTOR, "user.intake_coordinator", "test",
-                                  timedelta(days=1))
-    uv, thread, base_url = start_server(app)
-    yield Server(base_url, app, {"intake_coordinator": token})
-    uv.should_exit = True
-    thread.join(timeout=10)
-    app.engine.dispose()
 
 
-@pytest.fixture(scope="module")
-def shared_clock() -> ManualClock:
-    return ManualClock(START)
 
 
-@pytest.fixture(scope="module")
-def shared_server(tmp_path_factory: pytest.TempPathFactory,
-                  shared_clock: ManualClock) -> Iterator[Server]:
-    """One server for this module: every test works on a referral it creates itself."""
-    yield from launch(str(tmp_path_factory.mktemp("attachments") / "careloop.db"), shared_clock)
 
 
 @pytest.fixture(scope="module")
 def small_upload_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server accepting files of at most SMALL_UPLOAD_LIMIT bytes."""
-    yield from launch(str(tmp_path_factory.mktemp("small") / "careloop.db"), ManualClock(START),
-                      max_upload_bytes=SMALL_UPLOAD_LIMIT)
+    app = make_app(f"sqlite:///{tmp_path_factory.mktemp('small') / 'careloop.db'}",
+                   ManualClock(START), max_upload_bytes=SMALL_UPLOAD_LIMIT)
+    with running_server(app, [Role.INTAKE_COORDINATOR]) as running:
+        yield running
 
 
 @pytest.fixture

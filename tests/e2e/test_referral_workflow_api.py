@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import httpx
 import pytest
 
 from careloop.adapters.db.audit_store import verify_audit_log
-from careloop.domain.access import SYSTEM_ACTOR, Role
-from careloop.services import accounts
 from careloop.services.ports import ManualClock
-from tests.conftest import START, make_app, referral_payload
-from tests.e2e.conftest import Server, start_server
+from tests.conftest import referral_payload
+from tests.e2e.conftest import Clients, Server
 
 REFERRALS = "/api/v1/referrals"
 PDF = b"%PDF-1.7\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n"
-Clients = Callable[[str], httpx.Client]
 
 APPOINTMENT = {"specialist": "Dr. Priya Natarajan", "appointment_at": "2026-03-09T14:30:00Z"}
 
@@ -41,43 +37,10 @@ HAPPY_PATH = [
 ]
 
 
-@pytest.fixture(scope="module")
-def shared_clock() -> ManualClock:
-    return ManualClock(START)
 
 
-@pytest.fixture(scope="module")
-def shared_server(tmp_path_factory: pytest.TempPathFactory,
-                  shared_clock: ManualClock) -> Iterator[Server]:
-    """One server for this module: every test works on referrals it creates itself."""
-    app = make_app(f"sqlite:///{tmp_path_factory.mktemp('workflow') / 'careloop.db'}",
-                   shared_clock)
-    tokens = {}
-    for role in Role:
-        username = f"user.{role.value}"
-        accounts.add_user(app.deps, SYSTEM_ACTOR, app.hashing, username, role.value,
-                          [role.value], None)
-        tokens[role.value] = accounts.create_token(app.deps, SYSTEM_ACTOR, username, "test",
-                                                   timedelta(days=1))
-    uv, thread, base_url = start_server(app)
-    yield Server(base_url, app, tokens)
-    uv.should_exit = True
-    thread.join(timeout=10)
-    app.engine.dispose()
 
 
-@pytest.fixture
-def api(shared_server: Server) -> Iterator[Clients]:
-    opened: dict[str, httpx.Client] = {}
-
-    def client(role: str) -> httpx.Client:
-        if role not in opened:
-            opened[role] = shared_server.client(role)
-        return opened[role]
-
-    yield client
-    for each in opened.values():
-        each.close()
 
 
 def create(api: Clients, **overrides: object) -> int:
