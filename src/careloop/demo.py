@@ -10,6 +10,7 @@ from typing import Any
 
 from careloop.bootstrap import App
 from careloop.domain.access import SYSTEM_ACTOR, Actor, Role
+from careloop.domain.validators import npi_check_digit
 from careloop.services import accounts, attachments, cases
 from careloop.services.ports import ManualClock
 from careloop.services.referral_input import ReferralChanges, validate_referral
@@ -104,15 +105,8 @@ DEMO_PASSWORD = "careloop-demo-2026"  # noqa: S105 - printed for the demo on pur
 
 
 def make_npi(rng: random.Random) -> str:
-    body = [rng.randint(1, 9)] + [rng.randint(0, 9) for _ in range(8)]
-    digits = [8, 0, 8, 4, 0, *body]
-    total = 0
-    for index, digit in enumerate(reversed(digits)):  # doubling positions for a check digit
-        if index % 2 == 0:
-            digit *= 2
-            digit = digit - 9 if digit > 9 else digit
-        total += digit
-    return "".join(map(str, body)) + str((10 - total % 10) % 10)
+    first_nine = str(rng.randint(1, 9)) + "".join(str(rng.randint(0, 9)) for _ in range(8))
+    return first_nine + str(npi_check_digit(first_nine))
 
 
 def load_demo(app: App, referrals: int = 500, seed: int = 7) -> str:

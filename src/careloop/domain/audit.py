@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -45,21 +45,17 @@ class AuditEntry:
     hash: str
 
 
+def record_fields(record: AuditRecord) -> dict[str, Any]:
+    """The record's fields by name: what is hashed, stored and read back."""
+    return {f.name: getattr(record, f.name) for f in fields(AuditRecord)}
+
+
 def canonical_encoding(chain: int, seq: int, record: AuditRecord) -> bytes:
     body = {
+        **record_fields(record),
         "chain": chain,
         "seq": seq,
         "occurred_at": record.occurred_at.isoformat(timespec="microseconds"),
-        "actor_id": record.actor_id,
-        "actor_name": record.actor_name,
-        "action": record.action,
-        "outcome": record.outcome,
-        "case_id": record.case_id,
-        "patient_ref": record.patient_ref,
-        "data_category": record.data_category,
-        "source_address": record.source_address,
-        "reason": record.reason,
-        "detail": record.detail,
     }
     return json.dumps(
         body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str

@@ -37,17 +37,13 @@ def relay_once(
     published: list[int] = []
     with uow() as work:
         now = clock.now()
-        blocked_cases: set[int] = set()
         for row in work.outbox.claim_pending(now, batch):
-            if row["case_id"] in blocked_cases:
-                continue  # keep per-case order: nothing after a failed event goes first
             try:
                 for handler in handlers:
                     handler(row)
             except Exception as error:  # a subscriber's failure must not stop the relay
                 log.warning("outbox %s failed: %s", row["id"], error)
                 work.outbox.mark_failed(row["id"], repr(error), now + backoff(int(row["attempts"])))
-                blocked_cases.add(row["case_id"])
                 continue
             published.append(row["id"])
         work.outbox.mark_published(published, now)

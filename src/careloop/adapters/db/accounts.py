@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, select
 
 from careloop.adapters.db.tables import api_tokens, users
-from careloop.domain.errors import FieldProblem, InvalidInput, NotFound
+from careloop.domain.errors import FieldProblem, InvalidInput
 
 
 class AccountRepository:
@@ -46,19 +46,6 @@ class AccountRepository:
             .first()
         )
         return dict(row) if row else None
-
-    def user(self, user_id: int) -> dict[str, Any]:
-        row = (
-            self._connection.execute(select(users).where(users.c.id == user_id)).mappings().first()
-        )
-        if row is None:
-            raise NotFound(f"user {user_id} does not exist")
-        return dict(row)
-
-    def set_password_hash(self, user_id: int, password_hash: str) -> None:
-        self._connection.execute(
-            update(users).where(users.c.id == user_id).values(password_hash=password_hash)
-        )
 
     def add_token(
         self,

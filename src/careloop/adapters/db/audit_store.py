@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator
-from datetime import datetime
+from dataclasses import fields
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, select, update
@@ -19,6 +19,7 @@ from careloop.domain.audit import (
     AuditRecord,
     VerifyResult,
     chain_entry,
+    record_fields,
     verify_chain,
 )
 
@@ -83,21 +84,11 @@ class AuditStore:
 
 
 def _row(entry: AuditEntry) -> dict[str, Any]:
-    record = entry.record
     return {
+        **record_fields(entry.record),
+        "detail": json.dumps(entry.record.detail, sort_keys=True, default=str),
         "chain": entry.chain,
         "seq": entry.seq,
-        "occurred_at": record.occurred_at,
-        "actor_id": record.actor_id,
-        "actor_name": record.actor_name,
-        "action": record.action,
-        "outcome": record.outcome,
-        "case_id": record.case_id,
-        "patient_ref": record.patient_ref,
-        "data_category": record.data_category,
-        "source_address": record.source_address,
-        "reason": record.reason,
-        "detail": json.dumps(record.detail, sort_keys=True, default=str),
         "prev_hash": entry.prev_hash,
         "hash": entry.hash,
     }
@@ -109,20 +100,8 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _entry(row: Any) -> AuditEntry:
-    occurred: datetime = row.occurred_at
-    record = AuditRecord(
-        occurred_at=occurred,
-        actor_id=row.actor_id,
-        actor_name=row.actor_name,
-        action=row.action,
-        outcome=row.outcome,
-        case_id=row.case_id,
-        patient_ref=row.patient_ref,
-        data_category=row.data_category,
-        source_address=row.source_address,
-        reason=row.reason,
-        detail=json.loads(row.detail),
-    )
+    values = {f.name: getattr(row, f.name) for f in fields(AuditRecord)}
+    record = AuditRecord(**{**values, "detail": json.loads(row.detail)})
     return AuditEntry(row.chain, row.seq, record, row.prev_hash, row.hash)
 
 

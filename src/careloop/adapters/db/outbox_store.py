@@ -76,9 +76,3 @@ class OutboxStore:
             .where(outbox.c.id == outbox_id)
             .values(attempts=outbox.c.attempts + 1, last_error=error[:2000], available_at=retry_at)
         )
-
-    def for_case(self, case_id: int) -> list[dict[str, Any]]:
-        rows = self._connection.execute(
-            select(outbox).where(outbox.c.case_id == case_id).order_by(outbox.c.id)
-        ).mappings()
-        return [dict(r) for r in rows]
