@@ -110,3 +110,16 @@ def api(shared_server: Server) -> Iterator[Clients]:
     yield client
     for each in opened.values():
         each.close()
+
+
+def case_count(api: Clients) -> int:
+    """How many referrals exist, over every page of the list."""
+    count, cursor = 0, None
+    while True:
+        params = {"limit": 200, **({"cursor": cursor} if cursor else {})}
+        response = api("administrator").get("/api/v1/referrals", params=params)
+        assert response.status_code == 200, response.text
+        count += len(response.json()["items"])
+        cursor = response.json()["next_cursor"]
+        if cursor is None:
+            return count

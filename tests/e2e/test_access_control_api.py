@@ -13,7 +13,7 @@ from careloop.domain.access import SYSTEM_ACTOR, Role
 from careloop.services import accounts
 from careloop.services.ports import ManualClock
 from tests.conftest import referral_payload
-from tests.e2e.conftest import Clients, Server
+from tests.e2e.conftest import Clients, Server, case_count
 
 REFERRALS = "/api/v1/referrals"
 PROBLEM_JSON = "application/problem+json"
@@ -46,18 +46,6 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> None:
     assert body["code"] == code
     assert body["type"].endswith(f"/{code}")
 
-
-def case_count(api: Clients) -> int:
-    """How many referrals exist, over every page of the list."""
-    count, cursor = 0, None
-    while True:
-        params = {"limit": 200, **({"cursor": cursor} if cursor else {})}
-        response = api("administrator").get(REFERRALS, params=params)
-        assert response.status_code == 200, response.text
-        count += len(response.json()["items"])
-        cursor = response.json()["next_cursor"]
-        if cursor is None:
-            return count
 
 
 def version_of(api: Clients, case_id: int) -> int:

@@ -13,7 +13,7 @@ import pytest
 
 from careloop.services.ports import ManualClock
 from tests.conftest import referral_payload
-from tests.e2e.conftest import Clients, Server
+from tests.e2e.conftest import Clients, Server, case_count
 
 REFERRALS = "/api/v1/referrals"
 PROBLEM_JSON = "application/problem+json"
@@ -24,18 +24,6 @@ PROBLEM_JSON = "application/problem+json"
 
 
 
-
-def case_count(api: Clients) -> int:
-    """How many referrals exist, over every page of the list."""
-    count, cursor = 0, None
-    while True:
-        params = {"limit": 200, **({"cursor": cursor} if cursor else {})}
-        response = api("administrator").get(REFERRALS, params=params)
-        assert response.status_code == 200, response.text
-        count += len(response.json()["items"])
-        cursor = response.json()["next_cursor"]
-        if cursor is None:
-            return count
 
 
 def problem_fields(response: httpx.Response) -> set[str]:
