@@ -66,6 +66,12 @@ FIELDS: dict[str, str] = {
     "clinic": "string",
     "channel": "string",
     "appointment_at": "string",
+    # Set by routing and automation (or a coordinator): the work queue, team, priority
+    # and review flags such as possible_duplicate.
+    "queue": "string",
+    "team": "string",
+    "priority": "string",
+    "flags": "list",
     # Derived at evaluation time, not stored in the referral payload.
     "state": "string",
     "assignee": "string",
@@ -73,6 +79,25 @@ FIELDS: dict[str, str] = {
     "open_tasks": "int",
     "age_hours": "double",
 }
+
+PRIORITIES = ("normal", "high", "critical")
+# Fields an automation rule's set_field action may write.
+SETTABLE_FIELDS = frozenset(
+    {
+        "urgency",
+        "specialist",
+        "network_status",
+        "authorization_number",
+        "queue",
+        "team",
+        "priority",
+        "flags",
+        "payer.plan",
+        "payer.group_number",
+    }
+)
+# Fields holding a date-time, to which timer rules may be anchored.
+DATE_FIELDS = frozenset({"appointment_at"})
 
 SCHEMA = CaseTypeSchema(
     name=CASE_TYPE, fields=FIELDS, document_types=DOCUMENT_TYPES, roles=ROLE_NAMES

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from careloop.domain.conditions import Condition, ConditionCompiler, ConditionError
-from careloop.domain.errors import DefinitionInvalid, DefinitionProblem
+from careloop.domain.definition_checks import (
+    Collector,
+    Path,
+    as_names,
+    check_keys,
+    check_version,
+)
+from careloop.domain.errors import DefinitionInvalid
 from careloop.domain.workflow import (
     FHIR_SERVICE_REQUEST_STATUSES,
     FHIR_TASK_STATUSES,
@@ -23,7 +29,6 @@ from careloop.domain.workflow import (
     Workflow,
 )
 
-Path = tuple[str | int, ...]
 _DURATION = re.compile(r"^(\d+)\s*([mhd])$")
 _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400}
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -55,24 +60,6 @@ class CaseTypeSchema:
     roles: frozenset[str]
 
 
-@dataclass
-class _Collector:
-    source: str
-    lines: Mapping[Path, int]
-    problems: list[DefinitionProblem] = field(default_factory=list)
-
-    def add(self, path: Path, problem: str) -> None:
-        self.problems.append(DefinitionProblem(self.source, self.line_of(path), problem))
-
-    def line_of(self, path: Path) -> int | None:
-        # Fall back to the nearest enclosing node that has a line.
-        for end in range(len(path), -1, -1):
-            line = self.lines.get(path[:end])
-            if line is not None:
-                return line
-        return None
-
-
 def parse_duration(text: object) -> int | None:
     """'30m', '4h', '2d' -> seconds; None when the text is not a duration."""
     match = _DURATION.match(str(text).strip())
@@ -89,16 +76,13 @@ def build_workflow(
     schema: CaseTypeSchema,
     compile_condition: ConditionCompiler,
 ) -> Workflow:
-    out = _Collector(source, lines)
+    out = Collector(source, lines)
     if not isinstance(raw, Mapping):
         out.add((), "a workflow definition must be a mapping")
         raise DefinitionInvalid(out.problems)
-    _check_keys(out, (), raw, _TOP_KEYS, required=_TOP_KEYS - {"title"})
+    check_keys(out, (), raw, _TOP_KEYS, required=_TOP_KEYS - {"title"})
     key = str(raw.get("key", ""))
-    version = raw.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        out.add(("version",), "version must be a positive integer")
-        version = 0
+    version = check_version(out, raw)
     if raw.get("case_type") not in (None, schema.name):
         out.add(("case_type",), f"case_type {raw.get('case_type')!r} is not {schema.name!r}")
     states = _build_states(out, raw.get("states"))
@@ -122,20 +106,7 @@ def build_workflow(
     )
 
 
-def _check_keys(
-    out: _Collector,
-    path: Path,
-    node: Mapping[str, Any],
-    allowed: frozenset[str],
-    required: frozenset[str] = frozenset(),
-) -> None:
-    for unknown in sorted(set(node) - allowed):
-        out.add((*path, unknown), f"unknown key {unknown!r}")
-    for missing in sorted(required - set(node)):
-        out.add(path, f"missing required key {missing!r}")
-
-
-def _build_states(out: _Collector, raw: object) -> dict[str, State]:
+def _build_states(out: Collector, raw: object) -> dict[str, State]:
     if not isinstance(raw, Mapping) or not raw:
         out.add(("states",), "states must be a non-empty mapping")
         return {}
@@ -147,7 +118,7 @@ def _build_states(out: _Collector, raw: object) -> dict[str, State]:
         if not isinstance(spec, Mapping):
             out.add(path, f"state {name!r} must be a mapping")
             continue
-        _check_keys(out, path, spec, _STATE_KEYS, required=frozenset({"fhir"}))
+        check_keys(out, path, spec, _STATE_KEYS, required=frozenset({"fhir"}))
         kind = str(spec.get("kind", "active"))
         if kind not in _STATE_KINDS:
             out.add((*path, "kind"), f"kind {kind!r} is not one of {sorted(_STATE_KINDS)}")
@@ -162,7 +133,7 @@ def _build_states(out: _Collector, raw: object) -> dict[str, State]:
     return states
 
 
-def _build_fhir(out: _Collector, path: Path, raw: object) -> FhirMapping:
+def _build_fhir(out: Collector, path: Path, raw: object) -> FhirMapping:
     if not isinstance(raw, Mapping):
         out.add(path, "fhir must map task_status, business_status and service_request_status")
         return FhirMapping("", "", "")
@@ -181,7 +152,7 @@ def _build_fhir(out: _Collector, path: Path, raw: object) -> FhirMapping:
     return FhirMapping(task_status, business, request_status)
 
 
-def _build_sla(out: _Collector, path: Path, raw: object) -> dict[str, int]:
+def _build_sla(out: Collector, path: Path, raw: object) -> dict[str, int]:
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
@@ -201,7 +172,7 @@ def _build_sla(out: _Collector, path: Path, raw: object) -> dict[str, int]:
 
 
 def _build_transitions(
-    out: _Collector,
+    out: Collector,
     raw: object,
     states: Mapping[str, State],
     schema: CaseTypeSchema,
@@ -216,25 +187,25 @@ def _build_transitions(
         if not isinstance(spec, Mapping):
             out.add(path, "a transition must be a mapping")
             continue
-        _check_keys(out, path, spec, _TRANSITION_KEYS, frozenset({"name", "from", "to", "roles"}))
+        check_keys(out, path, spec, _TRANSITION_KEYS, frozenset({"name", "from", "to", "roles"}))
         name = str(spec.get("name", ""))
         if name in transitions:
             out.add((*path, "name"), f"duplicate transition name {name!r}")
-        sources = _as_names(spec.get("from"))
+        sources = as_names(spec.get("from"))
         for source_state in sources:
             if source_state not in states:
                 out.add((*path, "from"), f"unknown state {source_state!r} in 'from'")
         target = str(spec.get("to", ""))
         if target not in states:
             out.add((*path, "to"), f"unknown state {target!r} in 'to'")
-        roles = frozenset(_as_names(spec.get("roles")))
+        roles = frozenset(as_names(spec.get("roles")))
         for role in sorted(roles - schema.roles):
             out.add((*path, "roles"), f"unknown role {role!r}")
-        fields = tuple(_as_names(spec.get("requires_fields")))
+        fields = tuple(as_names(spec.get("requires_fields")))
         for field_path in fields:
             if field_path not in schema.fields:
                 out.add((*path, "requires_fields"), f"unknown field {field_path!r}")
-        documents = tuple(_as_names(spec.get("requires_documents")))
+        documents = tuple(as_names(spec.get("requires_documents")))
         for doc_type in documents:
             if doc_type not in schema.document_types:
                 out.add((*path, "requires_documents"), f"unknown document type {doc_type!r}")
@@ -255,7 +226,7 @@ def _build_transitions(
 
 
 def _compile_guard(
-    out: _Collector,
+    out: Collector,
     path: Path,
     expression: object,
     schema: CaseTypeSchema,
@@ -270,18 +241,8 @@ def _compile_guard(
         return None
 
 
-def _as_names(raw: object) -> list[str]:
-    if raw is None:
-        return []
-    if isinstance(raw, str):
-        return [raw]
-    if isinstance(raw, Sequence):
-        return [str(item) for item in raw]
-    return [str(raw)]
-
-
 def _check_graph(
-    out: _Collector,
+    out: Collector,
     initial: str,
     states: Mapping[str, State],
     transitions: Mapping[str, Transition],

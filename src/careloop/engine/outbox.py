@@ -1,29 +1,50 @@
 """The outbox relay: hands committed events to subscribers, at least once, in order.
 
 Rows are claimed with FOR UPDATE SKIP LOCKED on PostgreSQL so any number of workers can
-run; on SQLite the single writer lock serialises them. A failing handler leaves the
-row pending with exponential backoff; it is never dropped.
+run; on SQLite the single writer lock serialises them. Subscribers run inside the
+relay's transaction, each event in its own savepoint: an event's effects (rule actions,
+timers, webhook deliveries) commit together with marking it published, so a crash
+repeats the whole event or none of it, never half. A failing event is retried with
+exponential backoff and jitter and dead-lettered when the schedule is exhausted; a
+later event of the same case waits behind it (per-case order) until it is delivered
+or dead.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import random
 from collections.abc import Callable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from careloop.services.ports import Clock, UnitOfWorkFactory
+from careloop.services.ports import Clock, UnitOfWork, UnitOfWorkFactory
 
 log = logging.getLogger("careloop.outbox")
-Handler = Callable[[Mapping[str, Any]], None]
+Handler = Callable[[UnitOfWork, Mapping[str, Any]], None]
+MAX_ATTEMPTS = 10  # 2 s, 4 s ... ~17 min: about half an hour in all, then the dead-letter queue
 
 
-def backoff(attempts: int, base_seconds: float = 2.0, cap_seconds: float = 3600.0) -> timedelta:
-    return timedelta(seconds=min(cap_seconds, base_seconds * (2**attempts)))
+def backoff(
+    attempts: int,
+    rng: random.Random | None = None,
+    base_seconds: float = 2.0,
+    cap_seconds: float = 3600.0,
+) -> timedelta:
+    """Exponential backoff with ±20% jitter so failing workers do not retry in lockstep."""
+    delay = min(cap_seconds, base_seconds * (2**attempts))
+    jitter = (rng or random).uniform(0.8, 1.2)
+    return timedelta(seconds=delay * jitter)
 
 
-def log_event(event: Mapping[str, Any]) -> None:
+def retry_at(attempts: int, now: datetime, max_attempts: int = MAX_ATTEMPTS) -> datetime | None:
+    """When to try again after ``attempts`` failures, or None: dead-letter it."""
+    if attempts + 1 >= max_attempts:
+        return None
+    return now + backoff(attempts)
+
+
+def log_event(work: UnitOfWork, event: Mapping[str, Any]) -> None:
     """The event-log subscriber: one line per committed event at DEBUG level."""
     log.debug(
         "event %s case=%s key=%s", event["event_type"], event["case_id"], event["idempotency_key"]
@@ -31,7 +52,11 @@ def log_event(event: Mapping[str, Any]) -> None:
 
 
 def relay_once(
-    uow: UnitOfWorkFactory, clock: Clock, handlers: list[Handler], batch: int = 100
+    uow: UnitOfWorkFactory,
+    clock: Clock,
+    handlers: list[Handler],
+    batch: int = 100,
+    max_attempts: int = MAX_ATTEMPTS,
 ) -> int:
     """Deliver one batch; returns how many rows were published."""
     published: list[int] = []
@@ -39,11 +64,22 @@ def relay_once(
         now = clock.now()
         for row in work.outbox.claim_pending(now, batch):
             try:
-                for handler in handlers:
-                    handler(row)
-            except Exception as error:  # a subscriber's failure must not stop the relay
-                log.warning("outbox %s failed: %s", row["id"], error)
-                work.outbox.mark_failed(row["id"], repr(error), now + backoff(int(row["attempts"])))
+                with work.savepoint():
+                    for handler in handlers:
+                        handler(work, row)
+            except Exception as error:  # one event's failure must not stop the relay
+                attempts = int(row["attempts"])
+                when = retry_at(attempts, now, max_attempts)
+                if when is None:
+                    log.error(
+                        "outbox %s dead-lettered after %d attempts: %r",
+                        row["id"],
+                        attempts + 1,
+                        error,
+                    )
+                else:
+                    log.warning("outbox %s failed (attempt %d): %r", row["id"], attempts + 1, error)
+                work.outbox.mark_failed(row["id"], repr(error), when, now)
                 continue
             published.append(row["id"])
         work.outbox.mark_published(published, now)
@@ -51,28 +87,3 @@ def relay_once(
     if published:
         log.info("outbox delivered %d events", len(published))
     return len(published)
-
-
-class OutboxWorker(threading.Thread):
-    """Runs the relay in the background of `careloop serve`."""
-
-    def __init__(
-        self, uow: UnitOfWorkFactory, clock: Clock, handlers: list[Handler], poll_seconds: float
-    ) -> None:
-        super().__init__(name="careloop-outbox", daemon=True)
-        self._uow, self._clock, self._handlers = uow, clock, handlers
-        self._poll = poll_seconds
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            try:
-                delivered = relay_once(self._uow, self._clock, self._handlers)
-            except Exception:
-                log.exception("outbox relay failed; retrying")
-                delivered = 0
-            if not delivered:
-                self._stop_event.wait(self._poll)
-
-    def stop(self) -> None:
-        self._stop_event.set()

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from careloop.domain.access import Action, Actor
+from careloop.domain.case import Case
 from careloop.domain.errors import (
     FieldProblem,
     InvalidInput,
@@ -16,6 +17,7 @@ from careloop.domain.errors import (
 from careloop.domain.events import Event
 from careloop.domain.referral import DOCUMENT_TYPES
 from careloop.services.deps import Deps
+from careloop.services.ports import UnitOfWork
 from careloop.services.recording import audit, publish_events
 
 MAX_NOTE_CHARS = 20_000
@@ -172,11 +174,23 @@ def add_task(
     }
     with deps.uow() as uow:
         case = uow.cases.get(case_id)
-        task_id = uow.cases.add_task(case_id, values)
-        case.events.append(
-            Event("case.task_added", {"task_id": task_id, "title": title}, key=f"task:{task_id}")
-        )
-        audit(uow, actor, "case.task.add", now, case=case, detail={"task_id": task_id})
+        task_id = record_task(uow, actor, case, values, now)
         publish_events(uow, case, now)
         uow.commit()
     return {"id": task_id, "case_id": case_id, **values}
+
+
+def record_task(
+    uow: UnitOfWork, actor: Actor, case: Case, values: dict[str, Any], now: datetime
+) -> int:
+    """Add a task to ``case`` in ``uow`` with its event and audit entry; never commits."""
+    task_id = uow.cases.add_task(case.id, values)
+    case.events.append(
+        Event(
+            "case.task_added",
+            {"task_id": task_id, "title": values["title"]},
+            key=f"task:{task_id}",
+        )
+    )
+    audit(uow, actor, "case.task.add", now, case=case, detail={"task_id": task_id})
+    return task_id

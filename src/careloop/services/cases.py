@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 from typing import Any
 
 from careloop.domain.access import Action, Actor
@@ -17,6 +18,7 @@ from careloop.domain.errors import IdempotencyConflict, StaleVersion, Transition
 from careloop.domain.events import Event
 from careloop.domain.referral import CASE_TYPE
 from careloop.services.deps import Deps
+from careloop.services.ports import UnitOfWork
 from careloop.services.recording import audit, publish_events
 from careloop.services.referral_input import ReferralChanges, ReferralIn, merge_changes
 
@@ -82,32 +84,40 @@ def transition_case(
         if changes is not None:
             actor.require(Action.CASE_UPDATE)
             _apply_changes(case, changes, now)
-        workflow = deps.workflows.get(case.workflow_key, case.workflow_version)
-        previous = case.state
-        case.transition(workflow, transition, actor, reason, now)
-        uow.cases.save(case, expected_version)
-        uow.cases.add_history(
-            case.id,
-            previous,
-            case.state,
-            transition,
-            actor.user_id,
-            actor.username,
-            reason or "",
-            now,
-        )
-        audit(
-            uow,
-            actor,
-            "case.transition",
-            now,
-            case=case,
-            reason=reason or "",
-            detail={"transition": transition, "from": previous, "to": case.state},
-        )
+        apply_transition(uow, deps, actor, case, transition, reason, now)
         publish_events(uow, case, now)
         uow.commit()
     return case
+
+
+def apply_transition(
+    uow: UnitOfWork,
+    deps: Deps,
+    actor: Actor,
+    case: Case,
+    transition: str,
+    reason: str | None,
+    now: datetime,
+) -> None:
+    """Move ``case`` (as loaded in ``uow``) and write state, history and audit; the caller
+    publishes the case's events and commits."""
+    expected_version = case.version
+    workflow = deps.workflows.get(case.workflow_key, case.workflow_version)
+    previous = case.state
+    case.transition(workflow, transition, actor, reason, now)
+    uow.cases.save(case, expected_version)
+    uow.cases.add_history(
+        case.id, previous, case.state, transition, actor.user_id, actor.username, reason or "", now
+    )
+    audit(
+        uow,
+        actor,
+        "case.transition",
+        now,
+        case=case,
+        reason=reason or "",
+        detail={"transition": transition, "from": previous, "to": case.state},
+    )
 
 
 def update_case(
@@ -117,23 +127,39 @@ def update_case(
     now = deps.clock.now()
     with deps.uow() as uow:
         case = _load_current(uow.cases.get(case_id), expected_version)
-        workflow = deps.workflows.get(case.workflow_key, case.workflow_version)
-        if workflow.states[case.state].terminal:
-            raise TransitionNotAllowed(f"case {case_id} is {case.state!r} and cannot change")
-        changed = _apply_changes(case, changes, now)
-        uow.cases.save(case, expected_version)
-        audit(
-            uow,
-            actor,
-            "case.update",
-            now,
-            case=case,
-            category="demographics",
-            detail={"fields": changed},
-        )
+        apply_update(uow, deps, actor, case, changes, now)
         publish_events(uow, case, now)
         uow.commit()
     return case
+
+
+def apply_update(
+    uow: UnitOfWork,
+    deps: Deps,
+    actor: Actor,
+    case: Case,
+    changes: ReferralChanges,
+    now: datetime,
+    reason: str = "",
+) -> list[str]:
+    """Change fields of an open case in ``uow``; returns the changed field names."""
+    expected_version = case.version
+    workflow = deps.workflows.get(case.workflow_key, case.workflow_version)
+    if workflow.states[case.state].terminal:
+        raise TransitionNotAllowed(f"case {case.id} is {case.state!r} and cannot change")
+    changed = _apply_changes(case, changes, now)
+    uow.cases.save(case, expected_version)
+    audit(
+        uow,
+        actor,
+        "case.update",
+        now,
+        case=case,
+        category="demographics",
+        reason=reason,
+        detail={"fields": changed},
+    )
+    return changed
 
 
 def assign_case(
@@ -143,13 +169,28 @@ def assign_case(
     now = deps.clock.now()
     with deps.uow() as uow:
         case = _load_current(uow.cases.get(case_id), expected_version)
-        previous = case.assignee
-        case.assign(assignee, now)
-        uow.cases.save(case, expected_version)
-        audit(uow, actor, "case.assign", now, case=case, detail={"from": previous, "to": assignee})
+        apply_assignment(uow, actor, case, assignee, now)
         publish_events(uow, case, now)
         uow.commit()
     return case
+
+
+def apply_assignment(
+    uow: UnitOfWork, actor: Actor, case: Case, assignee: str | None, now: datetime, reason: str = ""
+) -> None:
+    expected_version = case.version
+    previous = case.assignee
+    case.assign(assignee, now)
+    uow.cases.save(case, expected_version)
+    audit(
+        uow,
+        actor,
+        "case.assign",
+        now,
+        case=case,
+        reason=reason,
+        detail={"from": previous, "to": assignee},
+    )
 
 
 def _load_current(case: Case, expected_version: int) -> Case:
@@ -162,10 +203,12 @@ def _load_current(case: Case, expected_version: int) -> Case:
 def _apply_changes(case: Case, changes: ReferralChanges, now: Any) -> list[str]:
     merged = merge_changes(case.data, changes).model_dump(mode="json", exclude_none=True)
     changed = sorted(k for k in set(merged) | set(case.data) if merged.get(k) != case.data.get(k))
+    before = {name: case.data.get(name) for name in changed}
     case.data = merged
     case.updated_at = now
     if changed:
-        case.events.append(Event("case.updated", {"fields": changed}))
+        # The old values let field-change rules test what a field was, not only what it is.
+        case.events.append(Event("case.updated", {"fields": changed, "before": before}))
     return changed
 
 

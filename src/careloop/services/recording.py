@@ -44,8 +44,14 @@ def audit(
     )
 
 
-def publish_events(uow: UnitOfWork, case: Case, at: datetime) -> None:
-    """Move the case's recorded events into the outbox, keyed so a replay is a no-op."""
+def publish_events(
+    uow: UnitOfWork, case: Case, at: datetime, cause: dict[str, Any] | None = None
+) -> None:
+    """Move the case's recorded events into the outbox, keyed so a replay is a no-op.
+
+    ``cause`` marks events an automation rule caused (its rule and chain depth), which
+    bounds rule chains and explains the event later.
+    """
     for index, event in enumerate(case.events):
         payload = {
             "case_id": case.id,
@@ -54,6 +60,8 @@ def publish_events(uow: UnitOfWork, case: Case, at: datetime) -> None:
             "version": case.version,
             **event.payload,
         }
+        if cause is not None:
+            payload["automation"] = cause
         unique = event.key or f"v{case.version}:{index}"
         key = f"case:{case.id}:{unique}:{event.type}"
         uow.outbox.add(case.id, event.type, payload, key, at)

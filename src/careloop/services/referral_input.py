@@ -15,6 +15,7 @@ from careloop.domain.errors import FieldProblem, InvalidInput
 from careloop.domain.referral import (
     CHANNELS,
     NETWORK_STATUSES,
+    PRIORITIES,
     SEXES,
     SPECIALTIES,
     URGENCIES,
@@ -53,6 +54,9 @@ Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-
 Npi = Annotated[str, AfterValidator(_check_npi)]
 Icd10 = Annotated[str, Field(max_length=10), AfterValidator(_check_icd10)]
 BirthDate = Annotated[date, AfterValidator(_check_birth_date)]
+QueueName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+Priority = Literal[PRIORITIES]  # type: ignore[valid-type]
+Flag = Annotated[str, Field(min_length=1, max_length=50, pattern=r"^[a-z][a-z0-9_]*$")]
 
 
 class _Strict(BaseModel):
@@ -102,6 +106,10 @@ class ReferralIn(_Strict):
     clinic: Text100
     channel: Channel = "api"
     appointment_at: AwareDatetime | None = None
+    queue: QueueName | None = None
+    team: QueueName | None = None
+    priority: Priority | None = None
+    flags: Annotated[list[Flag], Field(max_length=20)] | None = None
 
 
 class ReferralChanges(_Strict):
@@ -117,6 +125,10 @@ class ReferralChanges(_Strict):
     network_status: NetworkStatus | None = None
     authorization_number: Identifier | None = None
     appointment_at: AwareDatetime | None = None
+    queue: QueueName | None = None
+    team: QueueName | None = None
+    priority: Priority | None = None
+    flags: Annotated[list[Flag], Field(max_length=20)] | None = None
 
 
 def problems_from(error: ValidationError, prefix: str = "") -> list[FieldProblem]:
@@ -133,6 +145,13 @@ def problems_from(error: ValidationError, prefix: str = "") -> list[FieldProblem
 def validate_referral(data: dict[str, Any]) -> ReferralIn:
     try:
         return ReferralIn.model_validate(data)
+    except ValidationError as error:
+        raise InvalidInput(problems_from(error)) from error
+
+
+def validate_changes(data: dict[str, Any]) -> ReferralChanges:
+    try:
+        return ReferralChanges.model_validate(data)
     except ValidationError as error:
         raise InvalidInput(problems_from(error)) from error
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, func, select, update
 
 from careloop.adapters.db.driver_sql import insert_into
 from careloop.adapters.db.tables import outbox
@@ -48,13 +48,19 @@ class OutboxStore:
             .where(
                 earlier.c.case_id == outbox.c.case_id,
                 earlier.c.published_at.is_(None),
+                earlier.c.dead_at.is_(None),
                 earlier.c.id < outbox.c.id,
             )
             .exists()
         )
         query = (
             select(outbox)
-            .where(outbox.c.published_at.is_(None), outbox.c.available_at <= now, ~blocked)
+            .where(
+                outbox.c.published_at.is_(None),
+                outbox.c.dead_at.is_(None),
+                outbox.c.available_at <= now,
+                ~blocked,
+            )
             .order_by(outbox.c.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -70,9 +76,42 @@ class OutboxStore:
                 .values(published_at=at, attempts=outbox.c.attempts + 1, last_error=None)
             )
 
-    def mark_failed(self, outbox_id: int, error: str, retry_at: datetime) -> None:
-        self._connection.execute(
-            update(outbox)
-            .where(outbox.c.id == outbox_id)
-            .values(attempts=outbox.c.attempts + 1, last_error=error[:2000], available_at=retry_at)
+    def mark_failed(
+        self, outbox_id: int, error: str, retry_at: datetime | None, at: datetime
+    ) -> None:
+        """Schedule a retry at ``retry_at``, or dead-letter the row when it is None."""
+        values: dict[str, Any] = {"attempts": outbox.c.attempts + 1, "last_error": error[:2000]}
+        if retry_at is None:
+            values["dead_at"] = at
+        else:
+            values["available_at"] = retry_at
+        self._connection.execute(update(outbox).where(outbox.c.id == outbox_id).values(values))
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        query = (
+            select(outbox).where(outbox.c.dead_at.is_not(None)).order_by(outbox.c.id).limit(limit)
         )
+        return [dict(r) for r in self._connection.execute(query).mappings()]
+
+    def replay(self, outbox_ids: list[int] | None, now: datetime) -> int:
+        """Put dead letters back in line, with a fresh retry schedule."""
+        query = (
+            update(outbox)
+            .where(outbox.c.dead_at.is_not(None))
+            .values(dead_at=None, attempts=0, available_at=now)
+        )
+        if outbox_ids is not None:
+            query = query.where(outbox.c.id.in_(outbox_ids))
+        return int(self._connection.execute(query).rowcount or 0)
+
+    def for_case(self, case_id: int) -> list[dict[str, Any]]:
+        query = select(outbox).where(outbox.c.case_id == case_id).order_by(outbox.c.id)
+        return [dict(r) for r in self._connection.execute(query).mappings()]
+
+    def counts(self) -> dict[str, int]:
+        pending = outbox.c.published_at.is_(None) & outbox.c.dead_at.is_(None)
+        query = select(
+            func.count().filter(pending), func.count().filter(outbox.c.dead_at.is_not(None))
+        )
+        waiting, dead = self._connection.execute(query).one()
+        return {"pending": int(waiting), "dead": int(dead)}

@@ -194,6 +194,9 @@ outbox = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("published_at", TZ, nullable=True),
     Column("last_error", Text, nullable=True),
+    # Set when the retry schedule is exhausted; the row leaves the pending set until
+    # someone replays it.
+    Column("dead_at", TZ, nullable=True),
     Index("ix_outbox_pending", "published_at", "available_at", "id"),
     Index("ix_outbox_case", "case_id", "id"),
 )

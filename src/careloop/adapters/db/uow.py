@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import threading
+from contextlib import AbstractContextManager
 from types import TracebackType
+from typing import Any
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Engine, RootTransaction
 
 from careloop.adapters.db.accounts import AccountRepository
 from careloop.adapters.db.audit_store import AuditStore
+from careloop.adapters.db.automation_store import AutomationStore
 from careloop.adapters.db.cases import CaseRepository
 from careloop.adapters.db.outbox_store import OutboxStore
 from careloop.adapters.db.records import DefinitionRepository, IdempotencyRepository
+from careloop.adapters.db.timer_store import TimerStore
+from careloop.adapters.db.webhook_store import WebhookStore
 
 
 class SqlUnitOfWork:
@@ -29,6 +34,9 @@ class SqlUnitOfWork:
         self._read_only = read_only
         self._connection: Connection | None = None
         self._transaction: RootTransaction | None = None
+        self._automation: AutomationStore | None = None
+        self._timers: TimerStore | None = None
+        self._webhooks: WebhookStore | None = None
         # SQLite allows one writer; queueing writers on a lock in the process is fair and
         # fast, where SQLite's busy handler sleeps up to 100 ms between retries.
         self._write_lock = None if read_only else _SQLITE_WRITE_LOCKS.get(engine)
@@ -53,6 +61,33 @@ class SqlUnitOfWork:
         self.definitions = DefinitionRepository(connection)
         return self
 
+    @property
+    def automation(self) -> AutomationStore:
+        # Built on first use: the intake path never needs it and pays nothing for it.
+        if self._automation is None:
+            self._automation = AutomationStore(self._require_connection())
+        return self._automation
+
+    @property
+    def timers(self) -> TimerStore:
+        if self._timers is None:
+            self._timers = TimerStore(self._require_connection())
+        return self._timers
+
+    @property
+    def webhooks(self) -> WebhookStore:
+        if self._webhooks is None:
+            self._webhooks = WebhookStore(self._require_connection())
+        return self._webhooks
+
+    def savepoint(self) -> AbstractContextManager[Any]:
+        """A nested transaction: rolled back alone when its block raises."""
+        return self._require_connection().begin_nested()
+
+    def _require_connection(self) -> Connection:
+        assert self._connection is not None, "used outside the unit of work"
+        return self._connection
+
     def commit(self) -> None:
         assert self._transaction is not None, "commit outside the unit of work"
         self._transaction.commit()
@@ -71,6 +106,7 @@ class SqlUnitOfWork:
             self._connection.close()
             self._connection = None
             self._transaction = None
+            self._automation = self._timers = self._webhooks = None
             self._release()
 
     def _release(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+import careloop.adapters.db.automation_tables  # noqa: F401  (registers its tables)
 from careloop.adapters.db.tables import metadata
 
 connection = context.config.attributes.get("connection")

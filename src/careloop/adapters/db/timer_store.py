@@ -1,0 +1,110 @@
+"""Timers: rows with a due time, claimed with FOR UPDATE SKIP LOCKED, fired once."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from careloop.adapters.db.automation_tables import scheduled_jobs, timers
+
+
+class TimerStore:
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    def plan(self, values: dict[str, Any]) -> bool:
+        """Insert a pending timer; False when one with the same key exists (replanning
+        the same moment twice is a no-op)."""
+        try:
+            with self._connection.begin_nested():
+                self._connection.execute(
+                    timers.insert(), {"status": "pending", "fired_at": None, **values}
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def plan_many(self, rows: list[dict[str, Any]]) -> None:
+        """Bulk insert of timers whose keys are known to be new."""
+        if rows:
+            self._connection.execute(
+                timers.insert(), [{"status": "pending", "fired_at": None, **r} for r in rows]
+            )
+
+    def cancel_for_case(
+        self,
+        case_id: int,
+        kinds: tuple[str, ...],
+        at: datetime,
+        names: tuple[str, ...] | None = None,
+    ) -> int:
+        query = update(timers).where(
+            timers.c.case_id == case_id,
+            timers.c.status == "pending",
+            timers.c.kind.in_(kinds),
+        )
+        if names is not None:
+            query = query.where(timers.c.name.in_(names))
+        result = self._connection.execute(query.values(status="cancelled", fired_at=at))
+        return int(result.rowcount or 0)
+
+    def claim_due(self, now: datetime, limit: int) -> list[dict[str, Any]]:
+        query = (
+            select(timers)
+            .where(timers.c.status == "pending", timers.c.due_at <= now)
+            .order_by(timers.c.due_at, timers.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return [dict(r) for r in self._connection.execute(query).mappings()]
+
+    def mark_fired(self, timer_ids: list[int], at: datetime) -> None:
+        if timer_ids:
+            self._connection.execute(
+                update(timers)
+                .where(timers.c.id.in_(timer_ids), timers.c.status == "pending")
+                .values(status="fired", fired_at=at)
+            )
+
+    def for_case(self, case_id: int) -> list[dict[str, Any]]:
+        query = select(timers).where(timers.c.case_id == case_id).order_by(timers.c.due_at)
+        return [dict(r) for r in self._connection.execute(query).mappings()]
+
+    def pending_count(self) -> int:
+        query = select(func.count()).select_from(timers).where(timers.c.status == "pending")
+        return int(self._connection.execute(query).scalar_one())
+
+    # -- periodic jobs -------------------------------------------------------------
+    def claim_due_jobs(self, names: list[str], now: datetime) -> list[str]:
+        existing = {
+            r.name for r in self._connection.execute(select(scheduled_jobs.c.name))
+        }
+        for name in names:
+            if name not in existing:
+                try:  # another worker may register it at the same moment
+                    with self._connection.begin_nested():
+                        self._connection.execute(
+                            scheduled_jobs.insert(), {"name": name, "next_run_at": now}
+                        )
+                except IntegrityError:
+                    pass
+        query = (
+            select(scheduled_jobs.c.name)
+            .where(scheduled_jobs.c.name.in_(names), scheduled_jobs.c.next_run_at <= now)
+            .with_for_update(skip_locked=True)
+        )
+        return [str(r.name) for r in self._connection.execute(query)]
+
+    def finish_job(self, name: str, at: datetime, next_run_at: datetime, result: str) -> None:
+        self._connection.execute(
+            update(scheduled_jobs)
+            .where(scheduled_jobs.c.name == name)
+            .values(last_run_at=at, next_run_at=next_run_at, last_result=result[:2000])
+        )
+
+    def jobs(self) -> list[dict[str, Any]]:
+        query = select(scheduled_jobs).order_by(scheduled_jobs.c.name)
+        return [dict(r) for r in self._connection.execute(query).mappings()]

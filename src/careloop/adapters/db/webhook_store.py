@@ -1,0 +1,208 @@
+"""Webhook subscriptions, deliveries with their attempt log, and inbound sources."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from careloop.adapters.db.automation_tables import (
+    inbound_sources,
+    inbound_webhooks,
+    notifications,
+    webhook_attempts,
+    webhook_deliveries,
+    webhook_subscriptions,
+)
+from careloop.domain.errors import NotFound
+
+_SUBSCRIPTION_COLUMNS = [c for c in webhook_subscriptions.c if c.key != "secrets"]
+
+
+class WebhookStore:
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    # -- subscriptions ----------------------------------------------------------
+    def add_subscription(self, values: dict[str, Any]) -> int:
+        result = self._connection.execute(
+            webhook_subscriptions.insert().returning(webhook_subscriptions.c.id), values
+        )
+        return int(result.scalar_one())
+
+    def subscription(self, subscription_id: int, with_secrets: bool = False) -> dict[str, Any]:
+        columns = list(webhook_subscriptions.c) if with_secrets else _SUBSCRIPTION_COLUMNS
+        row = (
+            self._connection.execute(
+                select(*columns).where(webhook_subscriptions.c.id == subscription_id)
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            raise NotFound(f"webhook subscription {subscription_id} does not exist")
+        return dict(row)
+
+    def subscriptions(self, active_only: bool = False) -> list[dict[str, Any]]:
+        query = select(*_SUBSCRIPTION_COLUMNS).order_by(webhook_subscriptions.c.id)
+        if active_only:
+            query = query.where(webhook_subscriptions.c.active.is_(True))
+        return [dict(r) for r in self._connection.execute(query).mappings()]
+
+    def update_subscription(self, subscription_id: int, values: dict[str, Any]) -> None:
+        result = self._connection.execute(
+            update(webhook_subscriptions)
+            .where(webhook_subscriptions.c.id == subscription_id)
+            .values(values)
+        )
+        if not result.rowcount:
+            raise NotFound(f"webhook subscription {subscription_id} does not exist")
+
+    # -- deliveries ---------------------------------------------------------------
+    def enqueue(self, rows: list[dict[str, Any]]) -> int:
+        """Insert pending deliveries; a (subscription, message id) seen before is skipped."""
+        added = 0
+        for row in rows:
+            try:
+                with self._connection.begin_nested():
+                    self._connection.execute(webhook_deliveries.insert(), row)
+                added += 1
+            except IntegrityError:
+                continue
+        return added
+
+    def lease_due(self, now: datetime, until: datetime, limit: int) -> list[dict[str, Any]]:
+        """Lease due deliveries to this worker until ``until``; an expired lease (a worker
+        that died mid-send) makes the delivery due again, with the same webhook-id."""
+        table = webhook_deliveries
+        due = or_(table.c.leased_until.is_(None), table.c.leased_until <= now)
+        query = (
+            select(table, webhook_subscriptions.c.url, webhook_subscriptions.c.secrets)
+            .join(webhook_subscriptions, webhook_subscriptions.c.id == table.c.subscription_id)
+            .where(table.c.status == "pending", table.c.next_attempt_at <= now, due)
+            .order_by(table.c.next_attempt_at, table.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=table)
+        )
+        rows = [dict(r) for r in self._connection.execute(query).mappings()]
+        if rows:
+            self._connection.execute(
+                update(table)
+                .where(table.c.id.in_([r["id"] for r in rows]))
+                .values(leased_until=until)
+            )
+        return rows
+
+    def record_attempt(
+        self, delivery: dict[str, Any], attempt: dict[str, Any], outcome: dict[str, Any]
+    ) -> None:
+        self._connection.execute(webhook_attempts.insert(), attempt)
+        self._connection.execute(
+            update(webhook_deliveries)
+            .where(webhook_deliveries.c.id == delivery["id"])
+            .values(leased_until=None, **outcome)
+        )
+
+    def deliveries(
+        self, subscription_id: int | None = None, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        table = webhook_deliveries
+        query = select(*[c for c in table.c if c.key != "body"]).order_by(table.c.id.desc())
+        if subscription_id is not None:
+            query = query.where(table.c.subscription_id == subscription_id)
+        if status is not None:
+            query = query.where(table.c.status == status)
+        return [dict(r) for r in self._connection.execute(query.limit(limit)).mappings()]
+
+    def attempts(self, delivery_id: int) -> list[dict[str, Any]]:
+        query = (
+            select(webhook_attempts)
+            .where(webhook_attempts.c.delivery_id == delivery_id)
+            .order_by(webhook_attempts.c.attempt)
+        )
+        return [dict(r) for r in self._connection.execute(query).mappings()]
+
+    def replay_dead(self, delivery_ids: list[int] | None, now: datetime) -> int:
+        table = webhook_deliveries
+        query = (
+            update(table)
+            .where(table.c.status == "dead")
+            .values(status="pending", next_attempt_at=now, leased_until=None, finished_at=None)
+        )
+        if delivery_ids is not None:
+            query = query.where(table.c.id.in_(delivery_ids))
+        return int(self._connection.execute(query).rowcount or 0)
+
+    def pending_for_subscription(self, subscription_id: int, status: str, now: datetime) -> None:
+        """Park a disabled endpoint's queue: nothing is dropped, replay brings it back."""
+        self._connection.execute(
+            update(webhook_deliveries)
+            .where(
+                webhook_deliveries.c.subscription_id == subscription_id,
+                webhook_deliveries.c.status == "pending",
+            )
+            .values(status=status, finished_at=now, leased_until=None)
+        )
+
+    # -- inbound ---------------------------------------------------------------------
+    def put_source(self, values: dict[str, Any]) -> None:
+        existing = self._connection.execute(
+            select(inbound_sources.c.key).where(inbound_sources.c.key == values["key"])
+        ).first()
+        if existing:
+            self._connection.execute(
+                update(inbound_sources).where(inbound_sources.c.key == values["key"]).values(values)
+            )
+        else:
+            self._connection.execute(inbound_sources.insert(), values)
+
+    def source(self, key: str) -> dict[str, Any] | None:
+        row = (
+            self._connection.execute(select(inbound_sources).where(inbound_sources.c.key == key))
+            .mappings()
+            .first()
+        )
+        return dict(row) if row else None
+
+    def sources(self) -> list[dict[str, Any]]:
+        query = select(*[c for c in inbound_sources.c if c.key != "secrets"])
+        return [dict(r) for r in self._connection.execute(query).mappings()]
+
+    def remember_inbound(
+        self, source: str, webhook_id: str, case_id: int, event: str, at: datetime
+    ) -> bool:
+        """False when this webhook-id from this source was received before."""
+        try:
+            with self._connection.begin_nested():
+                self._connection.execute(
+                    inbound_webhooks.insert(),
+                    {
+                        "source": source,
+                        "webhook_id": webhook_id,
+                        "case_id": case_id,
+                        "event": event,
+                        "received_at": at,
+                    },
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    # -- notifications -------------------------------------------------------------
+    def add_notification(self, values: dict[str, Any]) -> bool:
+        try:
+            with self._connection.begin_nested():
+                self._connection.execute(notifications.insert(), values)
+        except IntegrityError:
+            return False
+        return True
+
+    def notifications(self, case_id: int) -> list[dict[str, Any]]:
+        query = (
+            select(notifications)
+            .where(notifications.c.case_id == case_id)
+            .order_by(notifications.c.id)
+        )
+        return [dict(r) for r in self._connection.execute(query).mappings()]

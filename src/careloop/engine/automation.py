@@ -1,0 +1,344 @@
+"""The automation dispatcher: an outbox subscriber that evaluates rules for each event.
+
+For one event, in the relay's transaction: built-in reactions (duplicate check, SLA
+and timer planning, SLA escalation), then every candidate rule in definition order.
+Each rule runs in its own savepoint and is recorded once per event in the automation
+log (its version, the condition's inputs, what each action did), keyed by (event,
+rule) so a retried event never applies a rule twice. Events the actions cause carry
+the chain depth; past the rule set's limit the chain stops with an exception task.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from careloop.domain.case import Case
+from careloop.domain.conditions import Condition, ConditionError
+from careloop.domain.errors import CareloopError, StaleVersion
+from careloop.domain.matching import PatientMatcher
+from careloop.domain.referral import lookup
+from careloop.domain.rules import EVENT_TRIGGERS, Rule, RuleSet, TriggerKind
+from careloop.engine.actions import ActionContext, automation_actor, run_actions
+from careloop.engine.duplicates import detect_duplicates
+from careloop.engine.timers import (
+    escalate_sla,
+    replan_field_timers,
+    replan_state_timers,
+    still_current,
+)
+from careloop.engine.webhooks import WebhookFanOut
+from careloop.services.attachments import record_task
+from careloop.services.automation_registry import AutomationConfig, AutomationRegistry
+from careloop.services.deps import Deps
+from careloop.services.ports import UnitOfWork
+from careloop.services.recording import publish_events
+
+log = logging.getLogger("careloop.automation")
+_REFERENCE = re.compile(r"\bcase\.([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)")
+
+
+class Automation:
+    def __init__(
+        self,
+        deps: Deps,
+        registry: AutomationRegistry,
+        webhooks: WebhookFanOut,
+        matcher: PatientMatcher | None = None,
+        duplicate_window_days: int = 30,
+    ) -> None:
+        self._deps = deps
+        self._registry = registry
+        self._webhooks = webhooks
+        self._matcher = matcher
+        self._duplicate_window_days = duplicate_window_days
+
+    def handle(self, work: UnitOfWork, event: Mapping[str, Any]) -> None:
+        self._webhooks.fan_out(work, event)
+        if event["case_id"] is None:
+            return
+        config = self._registry.current()
+        now = self._deps.clock.now()
+        case = work.cases.get(int(event["case_id"]))
+        self._react(work, config, case, event, now)
+        kind = EVENT_TRIGGERS.get(str(event["event_type"]))
+        if kind is None:
+            return
+        for ruleset in config.rulesets.get(case.case_type, ()):
+            case = self._run_ruleset(work, config, ruleset, kind, case, event, now)
+
+    # -- built-in reactions ------------------------------------------------------
+    def _react(
+        self,
+        work: UnitOfWork,
+        config: AutomationConfig,
+        case: Case,
+        event: Mapping[str, Any],
+        now: datetime,
+    ) -> None:
+        event_type = event["event_type"]
+        rulesets = config.rulesets.get(case.case_type, ())
+        workflow = self._deps.workflows.get(case.workflow_key, case.workflow_version)
+        if event_type == "case.created":
+            if self._matcher is not None:
+                detect_duplicates(
+                    work, self._deps, self._matcher, case, event, now, self._duplicate_window_days
+                )
+            replan_state_timers(work, config, rulesets, workflow, case, now)
+            replan_field_timers(work, config, rulesets, case, None, now)
+        elif event_type == "case.transitioned":
+            # A stale event (the case has moved on since) must not re-plan old timers.
+            if case.state == event["payload"].get("to"):
+                replan_state_timers(work, config, rulesets, workflow, case, now)
+        elif event_type == "case.updated":
+            fields = set(event["payload"].get("fields", ()))
+            replan_field_timers(work, config, rulesets, case, fields, now)
+        elif event_type == "timer.fired" and event["payload"].get("kind") == "sla":
+            escalate_sla(work, self._deps, config, rulesets, case, event, now)
+
+    # -- rules ---------------------------------------------------------------------
+    def _run_ruleset(
+        self,
+        work: UnitOfWork,
+        config: AutomationConfig,
+        ruleset: RuleSet,
+        kind: TriggerKind,
+        case: Case,
+        event: Mapping[str, Any],
+        now: datetime,
+    ) -> Case:
+        payload: Mapping[str, Any] = event["payload"]
+        candidates = ruleset.candidates(
+            kind,
+            _discriminators(kind, payload),
+            str(case.data.get("specialty", "")),
+            str(case.data.get("clinic", "")),
+        )
+        candidates = [rule for rule in candidates if _trigger_matches(rule, kind, payload, case)]
+        if not candidates:
+            return case
+        depth = int((payload.get("automation") or {}).get("depth", 0))
+        if depth >= ruleset.max_chain_depth:
+            self._stop_chain(work, ruleset, candidates, case, event, depth, now)
+            return case
+        for rule in candidates:
+            case = self._run_rule(work, config, ruleset, rule, case, event, depth, now)
+        return case
+
+    def _run_rule(
+        self,
+        work: UnitOfWork,
+        config: AutomationConfig,
+        ruleset: RuleSet,
+        rule: Rule,
+        case: Case,
+        event: Mapping[str, Any],
+        depth: int,
+        now: datetime,
+    ) -> Case:
+        event_key = str(event["idempotency_key"])
+        run: dict[str, Any] = {
+            "case_id": case.id,
+            "event_key": event_key,
+            "event_type": event["event_type"],
+            "rule_key": rule.key,
+            "ruleset_key": ruleset.key,
+            "ruleset_version": ruleset.version,
+            "depth": depth,
+            "inputs": {},
+            "results": [],
+            "error": None,
+            "created_at": now,
+        }
+        activation = case.activation(now)
+        inputs, passed, problem = _evaluate(rule.condition, activation)
+        run["inputs"] = inputs
+        if not passed:
+            run.update(outcome="skipped", error=problem)
+            work.automation.record_run(run)
+            return case
+        actor = automation_actor(rule.key)
+        context = ActionContext(
+            work=work,
+            deps=self._deps,
+            config=config,
+            ruleset=ruleset,
+            rule=rule,
+            case=case,
+            event=event,
+            actor=actor,
+            now=now,
+            run_key=f"{event_key}:{rule.key}",
+            enqueue_webhook=self._webhooks.enqueue_custom,
+        )
+        try:
+            with work.savepoint():
+                run["results"] = run_actions(context, rule.actions)
+                cause = {"depth": depth + 1, "rule": rule.key, "event": event_key}
+                publish_events(work, case, now, cause)
+                run["outcome"] = "applied"
+                if not work.automation.record_run(run):
+                    # Recorded by an earlier attempt that committed: this rule's effects
+                    # exist already, so this attempt's are rolled back.
+                    raise _AlreadyApplied
+        except _AlreadyApplied:
+            return work.cases.get(case.id)
+        except StaleVersion:
+            raise  # someone changed the case meanwhile: retry the whole event
+        except CareloopError as error:
+            # A rule that cannot apply (guard not met, invalid value) will not apply on a
+            # retry either: record it and hand it to a person instead.
+            case = work.cases.get(case.id)
+            run.update(outcome="failed", error=f"{error.code}: {error}", results=[])
+            if work.automation.record_run(run):
+                self._exception_task(
+                    work, case, f"Automation rule {rule.key} failed: {error}", rule.key, now
+                )
+        return case
+
+    def _stop_chain(
+        self,
+        work: UnitOfWork,
+        ruleset: RuleSet,
+        candidates: list[Rule],
+        case: Case,
+        event: Mapping[str, Any],
+        depth: int,
+        now: datetime,
+    ) -> None:
+        recorded = work.automation.record_run(
+            {
+                "case_id": case.id,
+                "event_key": str(event["idempotency_key"]),
+                "event_type": event["event_type"],
+                "rule_key": "chain-limit",
+                "ruleset_key": ruleset.key,
+                "ruleset_version": ruleset.version,
+                "depth": depth,
+                "outcome": "stopped",
+                "inputs": {"would_run": [rule.key for rule in candidates]},
+                "results": [],
+                "error": f"rule chain reached depth {depth} (limit {ruleset.max_chain_depth})",
+                "created_at": now,
+            }
+        )
+        if recorded:
+            log.warning("automation chain stopped at depth %d on case %s", depth, case.id)
+            self._exception_task(
+                work,
+                case,
+                f"Automation stopped: rule chain reached depth {depth}; check rules "
+                + ", ".join(rule.key for rule in candidates),
+                "chain-limit",
+                now,
+            )
+
+    def _exception_task(
+        self, work: UnitOfWork, case: Case, title: str, rule_key: str, now: datetime
+    ) -> None:
+        actor = automation_actor(rule_key)
+        values = {
+            "title": title[:300],
+            "status": "open",
+            "assignee": case.assignee,
+            "due_at": None,
+            "created_by": actor.user_id,
+            "created_at": now,
+        }
+        record_task(work, actor, case, values, now)
+        # The task's own event is the end of the chain: no rule reacts to it.
+        publish_events(work, case, now, {"depth": 99, "rule": rule_key})
+
+
+class _AlreadyApplied(Exception):
+    pass
+
+
+def _discriminators(kind: TriggerKind, payload: Mapping[str, Any]) -> tuple[str, ...]:
+    if kind is TriggerKind.TRANSITIONED:
+        return (str(payload.get("to", "")),)
+    if kind is TriggerKind.FIELD_CHANGED:
+        return tuple(str(name) for name in payload.get("fields", ()))
+    if kind is TriggerKind.DOCUMENT_ADDED:
+        return (str(payload.get("doc_type", "")),)
+    if kind is TriggerKind.WEBHOOK_RECEIVED:
+        return (str(payload.get("source", "")),)
+    return ()
+
+
+def _trigger_matches(rule: Rule, kind: TriggerKind, payload: Mapping[str, Any], case: Case) -> bool:
+    trigger = rule.trigger
+    if kind is TriggerKind.TRANSITIONED:
+        return (not trigger.from_states or payload.get("from") in trigger.from_states) and (
+            not trigger.to_states or payload.get("to") in trigger.to_states
+        )
+    if kind is TriggerKind.FIELD_CHANGED:
+        return _field_change_matches(rule, payload, case)
+    if kind is TriggerKind.DOCUMENT_ADDED:
+        return not trigger.document_type or payload.get("doc_type") == trigger.document_type
+    if kind is TriggerKind.APPROVAL_DECIDED:
+        return not trigger.decision or payload.get("decision") == trigger.decision
+    if kind is TriggerKind.WEBHOOK_RECEIVED:
+        return payload.get("source") == trigger.source and (
+            not trigger.event or payload.get("event") == trigger.event
+        )
+    if kind is TriggerKind.TIMER:
+        return (
+            payload.get("kind") == "rule"
+            and payload.get("name") == rule.key
+            and still_current(case, payload)
+        )
+    return True
+
+
+def _field_change_matches(rule: Rule, payload: Mapping[str, Any], case: Case) -> bool:
+    trigger = rule.trigger
+    before_top: dict[str, Any] = dict(payload.get("before") or {})
+    old_data = {**case.data, **before_top}
+    for name in before_top:
+        if before_top[name] is None:
+            old_data.pop(name, None)
+    if lookup(old_data, trigger.field) == lookup(case.data, trigger.field):
+        return False  # a sibling of a nested field changed, not this one
+    checks: list[tuple[Condition | None, dict[str, Any]]] = [
+        (trigger.before, old_data),
+        (trigger.after, case.data),
+    ]
+    for condition, data in checks:
+        if condition is None:
+            continue
+        view = Case(**{**case.__dict__, "data": data, "events": []})
+        try:
+            if not condition.evaluate(view.activation(case.updated_at)):
+                return False
+        except ConditionError:
+            return False
+    return True
+
+
+def _evaluate(
+    condition: Condition | None, activation: Mapping[str, Any]
+) -> tuple[dict[str, Any], bool, str | None]:
+    """(the condition's inputs, whether it passed, why not) — the inputs are the case
+    fields it references, recorded so a coordinator can see why a rule fired or not."""
+    if condition is None:
+        return {}, True, None
+    view = activation["case"]
+    inputs = {path: _json_safe(lookup(view, path)) for path in _REFERENCE.findall(condition.source)}
+    try:
+        passed = condition.evaluate(activation)
+    except ConditionError as error:
+        return inputs, False, f"condition could not be evaluated: {error}"
+    return inputs, passed, None if passed else "condition is false"
+
+
+def _json_safe(value: object) -> object:
+    if value is None or isinstance(value, str | int | float | bool | list | dict):
+        return value
+    return str(value)
+
+
+Subscriber = Callable[[UnitOfWork, Mapping[str, Any]], None]

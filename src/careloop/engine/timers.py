@@ -1,0 +1,246 @@
+"""Timers: SLA ladders and time-based rules as rows with a due time.
+
+Planning happens in the relay's transaction when a case is created, changes state or
+changes an anchoring date field, so timers always match the case. Firing claims due
+rows with FOR UPDATE SKIP LOCKED (any number of workers) and turns each into a
+``timer.fired`` outbox event keyed by the timer: the row is marked fired in the same
+transaction, so each timer fires exactly once and its effects run through the
+dispatcher like any other event.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from careloop.domain.case import Case
+from careloop.domain.referral import lookup
+from careloop.domain.rules import RuleSet
+from careloop.domain.sla import DEFAULT_LADDER, EscalationLadder, plan_sla
+from careloop.domain.workflow import Workflow
+from careloop.engine.actions import automation_actor, offset_from
+from careloop.services.automation_registry import AutomationConfig
+from careloop.services.cases import apply_assignment, apply_update
+from careloop.services.deps import Deps
+from careloop.services.ports import Clock, UnitOfWork, UnitOfWorkFactory
+from careloop.services.recording import publish_events
+from careloop.services.referral_input import validate_changes
+
+log = logging.getLogger("careloop.timers")
+STATE_KINDS = ("sla", "state")
+PRIORITY_STEPS = {"normal": "high", "high": "critical", "critical": "critical"}
+
+
+def replan_state_timers(
+    work: UnitOfWork,
+    config: AutomationConfig,
+    rulesets: Iterable[RuleSet],
+    workflow: Workflow,
+    case: Case,
+    now: datetime,
+    ladder: EscalationLadder = DEFAULT_LADDER,
+) -> int:
+    """Cancel the timers of the state the case left and plan those of the one it is in."""
+    work.timers.cancel_for_case(case.id, STATE_KINDS, now)
+    entered = case.state_entered_at
+    stamp = entered.isoformat()
+    base = {"state": case.state, "entered_at": stamp}
+    planned = 0
+    target = workflow.sla_seconds(case.state, case.urgency)
+    if target and not workflow.states[case.state].terminal:
+        calendar = config.calendar_for(str(case.data.get("clinic", "")))
+        for step in plan_sla(calendar, ladder, entered, target):
+            planned += work.timers.plan(
+                {
+                    "case_id": case.id,
+                    "kind": "sla",
+                    "key": f"sla:{case.id}:{stamp}:{step.step}",
+                    "name": step.step,
+                    "due_at": step.due_at,
+                    "payload": {
+                        **base,
+                        "action": step.action,
+                        "notify_role": step.notify_role,
+                        "fraction": step.fraction,
+                        "target_seconds": target,
+                    },
+                    "created_at": now,
+                }
+            )
+    for ruleset in rulesets:
+        for rule in ruleset.timer_rules():
+            trigger = rule.trigger
+            if trigger.anchor_state != case.state or not _in_scope(rule, case):
+                continue
+            assert trigger.offset is not None
+            due = offset_from(config, case, entered, trigger.offset, trigger.direction)
+            planned += work.timers.plan(
+                {
+                    "case_id": case.id,
+                    "kind": "state",
+                    "key": f"rule:{case.id}:{rule.key}:{stamp}",
+                    "name": rule.key,
+                    "due_at": due,
+                    "payload": {**base, "ruleset": ruleset.key},
+                    "created_at": now,
+                }
+            )
+    return planned
+
+
+def replan_field_timers(
+    work: UnitOfWork,
+    config: AutomationConfig,
+    rulesets: Iterable[RuleSet],
+    case: Case,
+    changed: set[str] | None,
+    now: datetime,
+) -> int:
+    """(Re)plan timers anchored to date fields; ``changed`` None means all of them."""
+    planned = 0
+    for ruleset in rulesets:
+        for rule in ruleset.timer_rules():
+            trigger = rule.trigger
+            if not trigger.field or not _in_scope(rule, case):
+                continue
+            if changed is not None and trigger.field.split(".")[0] not in changed:
+                continue
+            work.timers.cancel_for_case(case.id, ("field",), now, names=(rule.key,))
+            anchor = _as_datetime(lookup(case.data, trigger.field))
+            if anchor is None:
+                continue
+            assert trigger.offset is not None
+            due = offset_from(config, case, anchor, trigger.offset, trigger.direction)
+            planned += work.timers.plan(
+                {
+                    "case_id": case.id,
+                    "kind": "field",
+                    "key": f"field:{case.id}:{rule.key}:v{case.version}",
+                    "name": rule.key,
+                    "due_at": due,
+                    "payload": {"field": trigger.field, "anchor": anchor.isoformat()},
+                    "created_at": now,
+                }
+            )
+    return planned
+
+
+def fire_due_timers(uow: UnitOfWorkFactory, clock: Clock, batch: int = 500) -> int:
+    """Turn due timers into outbox events; returns how many fired."""
+    with uow() as work:
+        now = clock.now()
+        due = work.timers.claim_due(now, batch)
+        for timer in due:
+            payload = {
+                **timer["payload"],
+                "timer_id": timer["id"],
+                "kind": "rule" if timer["kind"] in ("state", "field") else timer["kind"],
+                "name": timer["name"],
+                "due_at": timer["due_at"].isoformat(),
+                "case_id": timer["case_id"],
+            }
+            work.outbox.add(timer["case_id"], "timer.fired", payload, f"timer:{timer['id']}", now)
+        work.timers.mark_fired([t["id"] for t in due], now)
+        work.commit()
+    if due:
+        log.info("fired %d timers", len(due))
+    return len(due)
+
+
+def still_current(case: Case, payload: Mapping[str, Any]) -> bool:
+    """A state timer only counts while the case is still in the state it was planned for."""
+    if "state" not in payload:
+        return True
+    return case.state == payload["state"] and case.state_entered_at.isoformat() == payload.get(
+        "entered_at"
+    )
+
+
+def escalate_sla(
+    work: UnitOfWork,
+    deps: Deps,
+    config: AutomationConfig,
+    rulesets: Iterable[RuleSet],
+    case: Case,
+    event: Mapping[str, Any],
+    now: datetime,
+) -> None:
+    """One step of the SLA ladder: notify, reassign to the supervisor, raise priority."""
+    payload: Mapping[str, Any] = event["payload"]
+    step = str(payload.get("name"))
+    run: dict[str, Any] = {
+        "case_id": case.id,
+        "event_key": str(event["idempotency_key"]),
+        "event_type": "timer.fired",
+        "rule_key": f"sla.{step}",
+        "ruleset_key": "sla",
+        "ruleset_version": 1,
+        "depth": 0,
+        "inputs": {k: payload.get(k) for k in ("state", "entered_at", "fraction", "due_at")},
+        "results": [],
+        "error": None,
+        "created_at": now,
+    }
+    if not still_current(case, payload):
+        run.update(outcome="skipped", error="the case has left the state since")
+        work.automation.record_run(run)
+        return
+    actor = automation_actor(f"sla.{step}")
+    action = str(payload.get("action"))
+    role = payload.get("notify_role")
+    supervisor = next(
+        (r.supervisors.get(str(case.data.get("clinic", ""))) for r in rulesets if r.supervisors),
+        None,
+    )
+    results: list[dict[str, Any]] = []
+    if action in ("reassign", "escalate") and supervisor and case.assignee != supervisor:
+        apply_assignment(work, actor, case, supervisor, now, reason=f"SLA {step}")
+        results.append({"action": "reassign", "to": supervisor})
+    if action in ("escalate", "raise_priority"):
+        current = str(case.data.get("priority") or "normal")
+        raised = PRIORITY_STEPS.get(current, "high")
+        if raised != current:
+            changes = validate_changes({"priority": raised})
+            apply_update(work, deps, actor, case, changes, now, reason=f"SLA {step}")
+            results.append({"action": "raise_priority", "to": raised})
+    recipient = f"role:{role}" if role else (f"user:{case.assignee}" if case.assignee else None)
+    if recipient:
+        work.webhooks.add_notification(
+            {
+                "case_id": case.id,
+                "key": f"{event['idempotency_key']}:{recipient}"[:200],
+                "channel": "in_app",
+                "recipient": recipient,
+                "subject": f"SLA {step}: referral #{case.id} in {case.state}",
+                "body": f"Referral #{case.id} has used {float(payload.get('fraction', 0)):.0%} "
+                f"of its {case.state} target.",
+                "status": "unread",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+            }
+        )
+        results.append({"action": "notify", "to": recipient})
+    publish_events(work, case, now, {"depth": 1, "rule": f"sla.{step}"})
+    run.update(outcome="applied", results=results)
+    work.automation.record_run(run)
+
+
+def _in_scope(rule: Any, case: Case) -> bool:
+    return bool(
+        rule.in_scope(str(case.data.get("specialty", "")), str(case.data.get("clinic", "")))
+    )
+
+
+def _as_datetime(value: object) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and value:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else None
+    return None

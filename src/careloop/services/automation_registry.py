@@ -1,0 +1,214 @@
+"""Automation definitions: stored by version, validated before storing, one active
+version per key, compiled once and shared by every worker in the process.
+
+Activating a version is a separate step from storing it; a version that fails
+validation is never stored, so the active version stays in place.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from careloop.domain.calendar import ALWAYS_OPEN, BusinessCalendar
+from careloop.domain.errors import DefinitionInvalid, DefinitionProblem, NotFound
+from careloop.domain.routing import RoutingTable
+from careloop.domain.rules import RuleSet
+from careloop.domain.workflow import Workflow
+from careloop.services.ports import UnitOfWorkFactory
+from careloop.services.workflows import WorkflowRegistry
+
+KINDS = ("calendars", "routing", "rules")
+REFRESH_SECONDS = 2.0
+DEFAULT_CALENDAR = "default"
+
+
+@dataclass(frozen=True)
+class DefinitionLoaders:
+    """The adapter functions that parse and validate each kind of definition."""
+
+    kind_of: Callable[[str, str], str]
+    header: Callable[[str, str], tuple[str, int, str]]
+    calendars: Callable[[str, str], dict[str, BusinessCalendar]]
+    routing: Callable[[str, str], RoutingTable]
+    rules: Callable[[str, str, Workflow, frozenset[str], frozenset[str]], RuleSet]
+    checksum: Callable[[str], str]
+
+
+@dataclass(frozen=True)
+class AutomationConfig:
+    """One consistent snapshot of everything active."""
+
+    rulesets: Mapping[str, tuple[RuleSet, ...]] = field(default_factory=dict)  # by case type
+    routing: Mapping[str, RoutingTable] = field(default_factory=dict)
+    calendars: Mapping[str, BusinessCalendar] = field(default_factory=dict)
+    fingerprint: tuple[tuple[str, str, int], ...] = ()
+
+    def calendar_for(self, location: str) -> BusinessCalendar:
+        return self.calendars.get(location) or self.calendars.get(DEFAULT_CALENDAR) or ALWAYS_OPEN
+
+
+class AutomationRegistry:
+    def __init__(
+        self,
+        uow: UnitOfWorkFactory,
+        read_uow: UnitOfWorkFactory,
+        loaders: DefinitionLoaders,
+        workflows: WorkflowRegistry,
+        integration_ports: frozenset[str] = frozenset(),
+        refresh_seconds: float = REFRESH_SECONDS,
+    ) -> None:
+        self._uow = uow
+        self._read_uow = read_uow
+        self._loaders = loaders
+        self._workflows = workflows
+        self.integration_ports = integration_ports
+        self._refresh = refresh_seconds
+        self._lock = threading.Lock()
+        self._config = AutomationConfig()
+        self._checked_at = float("-inf")
+
+    def current(self) -> AutomationConfig:
+        """The active snapshot; another process's activation shows within REFRESH_SECONDS."""
+        if time.monotonic() - self._checked_at < self._refresh:
+            return self._config
+        with self._lock:
+            if time.monotonic() - self._checked_at >= self._refresh:
+                self._reload()
+            return self._config
+
+    def invalidate(self) -> None:
+        self._checked_at = float("-inf")
+
+    def _reload(self) -> None:
+        with self._read_uow() as uow:
+            rows = [row for kind in KINDS for row in uow.automation.active_definitions(kind)]
+        fingerprint = tuple(sorted((r["kind"], r["key"], r["version"]) for r in rows))
+        if fingerprint != self._config.fingerprint:
+            self._config = self._compile(rows, fingerprint)
+        self._checked_at = time.monotonic()
+
+    def _compile(
+        self, rows: list[dict[str, Any]], fingerprint: tuple[tuple[str, str, int], ...]
+    ) -> AutomationConfig:
+        calendars: dict[str, BusinessCalendar] = {}
+        routing: dict[str, RoutingTable] = {}
+        for row in rows:
+            source = f"{row['source_name']} (stored v{row['version']})"
+            if row["kind"] == "calendars":
+                calendars.update(self._loaders.calendars(row["source_text"], source))
+            elif row["kind"] == "routing":
+                table = self._loaders.routing(row["source_text"], source)
+                routing[table.key] = table
+        rulesets: dict[str, list[RuleSet]] = {}
+        for row in sorted(rows, key=lambda r: r["key"]):
+            if row["kind"] == "rules":
+                source = f"{row['source_name']} (stored v{row['version']})"
+                ruleset = self._build_rules(row["source_text"], source, row["case_type"], routing)
+                rulesets.setdefault(ruleset.case_type, []).append(ruleset)
+        return AutomationConfig(
+            rulesets={k: tuple(v) for k, v in rulesets.items()},
+            routing=routing,
+            calendars=calendars,
+            fingerprint=fingerprint,
+        )
+
+    def _build_rules(
+        self, text: str, source: str, case_type: str, routing: Mapping[str, RoutingTable]
+    ) -> RuleSet:
+        workflow = self._workflows.latest(case_type)
+        return self._loaders.rules(
+            text, source, workflow, frozenset(routing), self.integration_ports
+        )
+
+    # -- managing versions ---------------------------------------------------------
+    def validate(self, text: str, source: str) -> tuple[str, str, int]:
+        """Validate a definition against what is active; returns (kind, key, version)."""
+        kind = self._loaders.kind_of(text, source)
+        if kind not in KINDS:
+            raise DefinitionInvalid(
+                [DefinitionProblem(source, None, f"kind {kind!r} is not one of {KINDS}")]
+            )
+        key, version, case_type = self._loaders.header(text, source)
+        if kind == "calendars":
+            self._loaders.calendars(text, source)
+        elif kind == "routing":
+            self._loaders.routing(text, source)
+        else:
+            routing = dict(self.current().routing)
+            self._build_rules(text, source, case_type, routing)
+        return kind, key, version
+
+    def store(
+        self, text: str, source: str, by: str, now: datetime, activate: bool = False
+    ) -> tuple[str, str, int, bool]:
+        """Validate and store a version; returns (kind, key, version, newly stored).
+        A stored version is immutable: other content under its number is refused."""
+        kind, key, version = self.validate(text, source)
+        _, _, case_type = self._loaders.header(text, source)
+        digest = self._loaders.checksum(text)
+        with self._uow() as uow:
+            existing = uow.automation.definition(kind, key, version)
+            if existing is not None and existing["checksum"] != digest:
+                raise DefinitionInvalid(
+                    [
+                        DefinitionProblem(
+                            source,
+                            None,
+                            f"{kind} {key} version {version} is already stored with different "
+                            "content; give the changed definition a new version",
+                        )
+                    ]
+                )
+            if existing is None:
+                uow.automation.add_definition(
+                    {
+                        "kind": kind,
+                        "key": key,
+                        "version": version,
+                        "case_type": case_type,
+                        "source_name": source,
+                        "source_text": text,
+                        "checksum": digest,
+                        "created_at": now,
+                        "created_by": by,
+                        "active": False,
+                    }
+                )
+            if activate:
+                uow.automation.activate(kind, key, version, by, now)
+            uow.commit()
+        self.invalidate()
+        return kind, key, version, existing is None
+
+    def activate(self, kind: str, key: str, version: int, by: str, now: datetime) -> None:
+        with self._uow() as uow:
+            row = uow.automation.definition(kind, key, version)
+            if row is None:
+                raise NotFound(f"{kind} {key} version {version} is not stored")
+            # Re-validate against what is active now: a rule set stored earlier may
+            # reference a routing table that has since changed.
+            self.validate(row["source_text"], row["source_name"])
+            uow.automation.activate(kind, key, version, by, now)
+            uow.commit()
+        self.invalidate()
+
+    def stored(self, kind: str | None = None) -> list[dict[str, Any]]:
+        with self._read_uow() as uow:
+            rows = uow.automation.definitions(kind)
+        return [{k: v for k, v in row.items() if k != "source_text"} for row in rows]
+
+    def source_of(self, kind: str, key: str, version: int) -> dict[str, Any]:
+        with self._read_uow() as uow:
+            row = uow.automation.definition(kind, key, version)
+        if row is None:
+            raise NotFound(f"{kind} {key} version {version} is not stored")
+        return row
+
+    def has_active(self, kind: str, key: str) -> bool:
+        with self._read_uow() as uow:
+            return any(r["key"] == key for r in uow.automation.active_definitions(kind))
