@@ -2,21 +2,47 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 
+import httpx
 from sqlalchemy import Engine
 
+from careloop.adapters.automation_definitions import (
+    definition_kind,
+    header,
+    load_calendars_text,
+    load_routing_text,
+    load_rules_text,
+)
+from careloop.adapters.cel_conditions import compile_condition
 from careloop.adapters.db.engine import is_sqlite, make_engine
 from careloop.adapters.db.migrate import require_migrated, upgrade
 from careloop.adapters.db.uow import SqlUnitOfWork, register_sqlite_write_lock
 from careloop.adapters.definitions import checksum, load_workflow_text, shipped_definitions
 from careloop.adapters.passwords import hash_password, verify_password
+from careloop.adapters.patient_matching import FuzzyPatientMatcher
+from careloop.adapters.webhooks import WebhookSender, signed_headers
 from careloop.config import Settings
+from careloop.engine.automation import Automation
+from careloop.engine.outbox import log_event
+from careloop.engine.webhooks import Sender, WebhookFanOut
+from careloop.engine.worker import IntegrationPort, Worker, call_integrations
 from careloop.services.accounts import PasswordHashing
+from careloop.services.automation_registry import AutomationRegistry, DefinitionLoaders
 from careloop.services.deps import Deps
 from careloop.services.ports import Clock, SystemClock
 from careloop.services.workflows import WorkflowRegistry
+
+DEFINITION_LOADERS = DefinitionLoaders(
+    kind_of=definition_kind,
+    header=header,
+    calendars=load_calendars_text,
+    routing=load_routing_text,
+    rules=load_rules_text,
+    checksum=checksum,
+)
 
 
 @dataclass(frozen=True)
@@ -25,9 +51,17 @@ class App:
     engine: Engine
     deps: Deps
     hashing: PasswordHashing
+    automation: AutomationRegistry
+    fan_out: WebhookFanOut
 
 
-def build(settings: Settings, clock: Clock | None = None, *, check_migrated: bool = True) -> App:
+def build(
+    settings: Settings,
+    clock: Clock | None = None,
+    *,
+    check_migrated: bool = True,
+    integration_ports: Mapping[str, IntegrationPort] | None = None,
+) -> App:
     url = settings.resolved_database_url()
     if url.startswith("sqlite:///") and settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -50,7 +84,48 @@ def build(settings: Settings, clock: Clock | None = None, *, check_migrated: boo
         max_upload_bytes=settings.max_upload_bytes,
         allowed_upload_types=settings.allowed_upload_types,
     )
-    return App(settings, engine, deps, PasswordHashing(hash_password, verify_password))
+    registry = AutomationRegistry(
+        uow, read_uow, DEFINITION_LOADERS, deps.workflows, frozenset(integration_ports or {})
+    )
+    return App(
+        settings,
+        engine,
+        deps,
+        PasswordHashing(hash_password, verify_password),
+        registry,
+        WebhookFanOut(compile_condition),
+    )
+
+
+def build_worker(
+    app: App,
+    integration_ports: Mapping[str, IntegrationPort] | None = None,
+    sender: Sender | None = None,
+) -> Worker:
+    """The automation worker: relay (event log, rules, integrations), timers, webhook
+    deliveries and periodic jobs."""
+    automation = Automation(
+        app.deps,
+        app.automation,
+        app.fan_out,
+        FuzzyPatientMatcher(),
+        app.settings.duplicate_window_days,
+    )
+    timeout = app.settings.webhook_timeout_seconds
+    return Worker(
+        uow=app.deps.uow,
+        clock=app.deps.clock,
+        handlers=[log_event, automation.handle, call_integrations(integration_ports or {})],
+        sender=sender
+        or WebhookSender(
+            allow_private=app.settings.webhooks_allow_private,
+            timeout=httpx.Timeout(timeout),
+            total_timeout=timeout,
+        ),
+        sign=signed_headers,
+        jobs=[],
+        poll_seconds=app.settings.worker_poll_seconds,
+    )
 
 
 def migrate(app: App) -> tuple[str, list[str]]:
@@ -61,5 +136,15 @@ def migrate(app: App) -> tuple[str, list[str]]:
     for source, text in shipped_definitions():
         workflow, new = app.deps.workflows.store(text, source, now)
         if new:
-            stored.append(f"{workflow.key} v{workflow.version}")
+            stored.append(f"workflow {workflow.key} v{workflow.version}")
+    # Calendars and routing first: rule sets are validated against them.
+    for kind in ("calendars", "routing", "rules"):
+        for source, text in shipped_definitions(kind):
+            key, _, _ = header(text, source)
+            # A shipped version becomes active only where nothing is active yet, so an
+            # upgrade never replaces a version an administrator chose.
+            activate = not app.automation.has_active(kind, key)
+            _, key, version, new = app.automation.store(text, source, "system", now, activate)
+            if new:
+                stored.append(f"{kind} {key} v{version}" + (" (active)" if activate else ""))
     return revision, stored

@@ -51,7 +51,7 @@ def migrate_command() -> None:
         revision, stored = migrate(app)
         typer.echo(f"database at migration {revision}")
         for name in stored:
-            typer.echo(f"stored workflow {name}")
+            typer.echo(f"stored {name}")
 
 
 @cli.command()
@@ -60,22 +60,19 @@ def serve(
     host: Annotated[str | None, typer.Option(help="bind address")] = None,
     port: Annotated[int | None, typer.Option(help="port")] = None,
 ) -> None:
-    """Run the API (and the outbox worker, in-process) on the configured database."""
+    """Run the API and, in-process, the automation worker on the configured database."""
     import uvicorn
 
     from careloop.api.app import create_app
-    from careloop.engine.outbox import OutboxWorker, log_event
+    from careloop.bootstrap import build_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if demo:
         _load_demo_if_empty()
     with _app() as app:
-        worker = None
-        if app.settings.run_worker:
-            worker = OutboxWorker(
-                app.deps.uow, app.deps.clock, [log_event], app.settings.worker_poll_seconds
-            )
-            worker.start()
+        runner = build_worker(app) if app.settings.run_worker else None
+        if runner is not None:
+            runner.start()
         try:
             uvicorn.run(
                 create_app(app),
@@ -84,22 +81,27 @@ def serve(
                 log_level="warning",
             )
         finally:
-            if worker is not None:
-                worker.stop()
+            if runner is not None:
+                runner.stop()
 
 
 @cli.command()
 def worker() -> None:
-    """Run only the outbox worker (for deployments with separate API and worker processes)."""
-    from careloop.engine.outbox import OutboxWorker, log_event
+    """Run the automation worker alone: outbox relay, rules, timers, webhook deliveries.
+    Start as many as you like against PostgreSQL; stop with SIGTERM or Ctrl-C."""
+    import signal
 
-    logging.basicConfig(level=logging.INFO)
+    from careloop.bootstrap import build_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     with _app() as app:
-        runner = OutboxWorker(
-            app.deps.uow, app.deps.clock, [log_event], app.settings.worker_poll_seconds
-        )
+        runner = build_worker(app)
+        signal.signal(signal.SIGTERM, lambda *_: runner.stop())
         runner.start()
-        runner.join()
+        try:
+            runner.wait()
+        except KeyboardInterrupt:
+            runner.stop()
 
 
 @cli.command()

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1, le=200)
     worker_poll_seconds: float = Field(default=1.0, gt=0)
     run_worker: bool = True
+    # Webhook targets on private, loopback or link-local addresses are refused (SSRF)
+    # unless this is set, for development against local receivers only.
+    webhooks_allow_private: bool = False
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    duplicate_window_days: int = Field(default=30, ge=1, le=3650)
+    inbound_tolerance_seconds: int = Field(default=300, ge=10, le=3600)
 
     @model_validator(mode="after")
     def _refuse_insecure_production(self) -> Settings:
@@ -43,6 +49,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "production needs CARELOOP_DATABASE_URL pointing at PostgreSQL; "
                 "the embedded SQLite default is for a single clinic or a demo"
+            )
+        if self.environment == "production" and self.webhooks_allow_private:
+            raise ValueError(
+                "CARELOOP_WEBHOOKS_ALLOW_PRIVATE is for development only: in production it "
+                "would let a webhook subscription reach internal services (SSRF)"
             )
         return self
 

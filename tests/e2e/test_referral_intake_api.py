@@ -218,7 +218,7 @@ def test_malformed_json_is_a_400_problem_and_creates_nothing(api: Clients) -> No
 @pytest.mark.parametrize(
     ("payload", "fields"),
     [
-        pytest.param(referral_payload(priority="high"), {"priority"}, id="unknown-field"),
+        pytest.param(referral_payload(severity="high"), {"severity"}, id="unknown-field"),
         pytest.param(with_patient(nickname="Addy"), {"patient.nickname"},
                      id="unknown-nested-field"),
         pytest.param(referral_payload(urgency=5, diagnoses="R07.9", patient="Okafor"),

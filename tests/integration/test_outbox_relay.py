@@ -8,8 +8,9 @@ from sqlalchemy import select
 from careloop.adapters.db.tables import outbox
 from careloop.bootstrap import App
 from careloop.engine.outbox import relay_once
+from careloop.services.attachments import record_task
 from careloop.services.cases import create_referral, transition_case
-from careloop.services.ports import ManualClock
+from careloop.services.ports import ManualClock, UnitOfWork
 from careloop.services.referral_input import validate_referral
 from tests.conftest import INTAKE, referral_payload
 
@@ -29,12 +30,12 @@ def test_events_are_delivered_once_in_commit_order(app: App) -> None:
             relay_once(
                 app.deps.uow,
                 app.deps.clock,
-                [lambda e: seen.append((e["case_id"], e["event_type"]))],
+                [lambda w, e: seen.append((e["case_id"], e["event_type"]))],
             )
             == 1
         )
     assert seen == [(case_id, "case.created"), (case_id, "case.transitioned")]
-    assert relay_once(app.deps.uow, app.deps.clock, [lambda e: seen.append(("x", ""))]) == 0
+    assert relay_once(app.deps.uow, app.deps.clock, [lambda w, e: seen.append(("x", ""))]) == 0
     assert len(seen) == 2
 
 
@@ -44,7 +45,7 @@ def test_a_failing_subscriber_leaves_the_event_pending_with_backoff_and_holds_la
     _make_events(app)
     calls: list[str] = []
 
-    def flaky(event: Mapping[str, Any]) -> None:
+    def flaky(work: UnitOfWork, event: Mapping[str, Any]) -> None:
         calls.append(event["event_type"])
         raise ConnectionError("receiver down")
 
@@ -56,12 +57,61 @@ def test_a_failing_subscriber_leaves_the_event_pending_with_backoff_and_holds_la
     assert rows[0]["attempts"] == 1 and "receiver down" in rows[0]["last_error"]
     assert rows[0]["available_at"] > clock.now() and rows[1]["attempts"] == 0
     # Nor is it delivered in a later batch while the first waits out its backoff.
-    assert relay_once(app.deps.uow, app.deps.clock, [lambda e: None]) == 0
+    assert relay_once(app.deps.uow, app.deps.clock, [lambda w, e: None]) == 0
     clock.advance(seconds=5)
     delivered: list[str] = []
     for _ in range(2):
         assert (
-            relay_once(app.deps.uow, app.deps.clock, [lambda e: delivered.append(e["event_type"])])
+            relay_once(
+                app.deps.uow, app.deps.clock, [lambda w, e: delivered.append(e["event_type"])]
+            )
             == 1
         )
     assert delivered == ["case.created", "case.transitioned"]
+
+
+def test_an_event_that_keeps_failing_is_dead_lettered_then_replayed_and_its_writes_undone(
+    app: App, clock: ManualClock
+) -> None:
+    case_id = _make_events(app)
+    attempts = 0
+
+    def broken(work: UnitOfWork, event: Mapping[str, Any]) -> None:
+        nonlocal attempts
+        attempts += 1
+        case = work.cases.get(event["case_id"])
+        values = {
+            "title": "half-done",
+            "status": "open",
+            "assignee": None,
+            "due_at": None,
+            "created_by": 0,
+            "created_at": clock.now(),
+        }
+        record_task(work, INTAKE, case, values, clock.now())
+        raise ConnectionError("still down")
+
+    for _ in range(3):
+        relay_once(app.deps.uow, app.deps.clock, [broken], max_attempts=3)
+        clock.advance(hours=2)
+    assert attempts == 3
+    with app.deps.read_uow() as work:
+        dead = work.outbox.dead_letters()
+        counts = work.outbox.counts()
+        assert work.cases.tasks(case_id) == []  # each failed attempt rolled back its writes
+    assert [row["event_type"] for row in dead] == ["case.created"]
+    assert dead[0]["attempts"] == 3 and "still down" in dead[0]["last_error"]
+    assert counts == {"pending": 1, "dead": 1}
+    # The dead letter no longer holds the case's later events back.
+    later: list[str] = []
+    assert (
+        relay_once(app.deps.uow, app.deps.clock, [lambda w, e: later.append(e["event_type"])]) == 1
+    )
+    assert later == ["case.transitioned"]
+    with app.deps.uow() as work:
+        assert work.outbox.replay(None, clock.now()) == 1
+        work.commit()
+    assert (
+        relay_once(app.deps.uow, app.deps.clock, [lambda w, e: later.append(e["event_type"])]) == 1
+    )
+    assert later == ["case.transitioned", "case.created"]

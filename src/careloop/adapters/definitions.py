@@ -32,11 +32,17 @@ def checksum(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def shipped_definitions() -> list[tuple[str, str]]:
-    """(source name, text) of every definition shipped in the package."""
+def shipped_definitions(kind: str = "workflow") -> list[tuple[str, str]]:
+    """(source name, text) of every shipped definition of ``kind``: 'workflow' (files
+    without a top-level ``kind``) or an automation kind such as 'routing' or 'rules'."""
     folder = resources.files("careloop.definitions")
-    return sorted(
-        (f"careloop/definitions/{entry.name}", entry.read_text(encoding="utf-8"))
-        for entry in folder.iterdir()
-        if entry.name.endswith(".yaml")
-    )
+    found = []
+    for entry in folder.iterdir():
+        if not entry.name.endswith(".yaml"):
+            continue
+        text = entry.read_text(encoding="utf-8")
+        data, _ = parse_with_lines(text, entry.name)
+        declared = data.get("kind", "workflow") if isinstance(data, dict) else "workflow"
+        if declared == kind:
+            found.append((f"careloop/definitions/{entry.name}", text))
+    return sorted(found)

@@ -169,7 +169,7 @@ class _Builder:
             template = Template(str(spec.get("subject", "")), str(spec.get("body", "")))
             for text in (template.subject, template.body):
                 for placeholder in placeholders(text):
-                    if placeholder not in self.context.schema.fields:
+                    if placeholder not in self.context.schema.fields and placeholder != "id":
                         self.out.add(path, f"template {name!r} uses unknown field {placeholder!r}")
             templates[str(name)] = template
         return templates
@@ -246,6 +246,9 @@ class _Builder:
 
     def trigger(self, path: Path, raw: object) -> Trigger:
         spec = {"on": raw} if isinstance(raw, str) else raw
+        if isinstance(spec, Mapping) and True in spec:
+            # YAML 1.1 reads an unquoted 'on:' key as the boolean true.
+            spec = {("on" if name is True else name): value for name, value in spec.items()}
         if not isinstance(spec, Mapping) or "on" not in spec:
             self.out.add(path, "trigger must name its kind: on: created | transitioned | ...")
             return Trigger(TriggerKind.CREATED)

@@ -1,0 +1,131 @@
+"""The worker: outbox relay, timers, webhook deliveries and periodic jobs, each a loop.
+
+`careloop worker` runs one in the foreground; any number of them may run on any number
+of machines against PostgreSQL (they claim work with SKIP LOCKED). `careloop serve`
+runs one in background threads on the embedded SQLite default.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from careloop.engine.outbox import Handler, relay_once
+from careloop.engine.timers import fire_due_timers
+from careloop.engine.webhooks import Sender, Signer, deliver_once
+from careloop.services.ports import Clock, UnitOfWork, UnitOfWorkFactory
+
+log = logging.getLogger("careloop.worker")
+IntegrationPort = Callable[[str, Mapping[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Job:
+    """A periodic job: runs at most once per interval across all workers."""
+
+    name: str
+    interval: timedelta
+    run: Callable[[datetime], str]
+
+
+def call_integrations(ports: Mapping[str, IntegrationPort]) -> Handler:
+    """The subscriber that performs a rule's call_integration through its port. A port
+    that fails raises, so the event retries and finally dead-letters: never dropped."""
+
+    def handle(work: UnitOfWork, event: Mapping[str, Any]) -> None:
+        if event["event_type"] != "integration.requested":
+            return
+        payload = event["payload"]
+        port = ports.get(str(payload["port"]))
+        if port is None:
+            raise LookupError(f"no integration port {payload['port']!r} is configured")
+        port(str(payload["operation"]), {**payload.get("params", {}), "case_id": event["case_id"]})
+
+    return handle
+
+
+def run_due_jobs(uow: UnitOfWorkFactory, clock: Clock, jobs: list[Job]) -> int:
+    by_name = {job.name: job for job in jobs}
+    ran = 0
+    with uow() as work:
+        now = clock.now()
+        for name in work.timers.claim_due_jobs(sorted(by_name), now):
+            job = by_name[name]
+            try:
+                with work.savepoint():
+                    result = job.run(now)
+            except Exception as error:  # a failing job reports and retries next interval
+                log.exception("job %s failed", name)
+                result = f"failed: {error!r}"
+            work.timers.finish_job(name, now, now + job.interval, result)
+            ran += 1
+        work.commit()
+    return ran
+
+
+@dataclass
+class Worker:
+    uow: UnitOfWorkFactory
+    clock: Clock
+    handlers: list[Handler]
+    sender: Sender
+    sign: Signer
+    jobs: list[Job] = field(default_factory=list)
+    poll_seconds: float = 1.0
+    relay_batch: int = 100
+    timer_batch: int = 500
+    delivery_batch: int = 50
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def loops(self) -> dict[str, Callable[[], int]]:
+        return {
+            "relay": lambda: relay_once(self.uow, self.clock, self.handlers, self.relay_batch),
+            "timers": lambda: fire_due_timers(self.uow, self.clock, self.timer_batch),
+            "deliveries": lambda: deliver_once(
+                self.uow, self.clock, self.sender, self.sign, self.delivery_batch
+            ),
+            "jobs": lambda: run_due_jobs(self.uow, self.clock, self.jobs),
+        }
+
+    def start(self) -> None:
+        for name, step in self.loops().items():
+            thread = threading.Thread(
+                target=self._loop, args=(name, step), name=f"careloop-{name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def _loop(self, name: str, step: Callable[[], int]) -> None:
+        while not self._stop.is_set():
+            try:
+                done = step()
+            except Exception:  # a database hiccup must not end the loop
+                log.exception("%s loop failed; retrying", name)
+                done = 0
+            if not done:
+                self._stop.wait(self.poll_seconds)
+
+    def run_until_idle(self, max_rounds: int = 1000) -> int:
+        """Run every loop until none has work left (tests and the demo)."""
+        total = 0
+        for _ in range(max_rounds):
+            done = sum(step() for step in self.loops().values())
+            total += done
+            if not done:
+                return total
+        return total
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def wait(self) -> None:
+        while any(thread.is_alive() for thread in self._threads):
+            for thread in self._threads:
+                thread.join(0.5)
