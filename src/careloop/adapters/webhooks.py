@@ -31,7 +31,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from careloop.domain.errors import CareloopError
+from careloop.domain.errors import CareloopError, NotAuthenticated
 from careloop.domain.webhook_policy import Attempt, parse_retry_after
 from careloop.services.ports import Clock, SystemClock
 
@@ -45,7 +45,7 @@ Resolver = Callable[[str, int], list[str]]
 """Maps a host and port to the IP addresses to connect to (``system_resolve`` by default)."""
 
 
-class WebhookVerificationError(CareloopError):
+class WebhookVerificationError(NotAuthenticated):
     """An inbound webhook failed verification; answer 401 and store nothing."""
 
     code = "webhook_signature_invalid"

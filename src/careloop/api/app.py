@@ -5,11 +5,14 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from careloop import __version__
+from careloop.adapters.cel_conditions import compile_condition
+from careloop.adapters.webhooks import check_target, new_secret, verify
 from careloop.api import problems
 from careloop.api.limits import BodyLimitMiddleware
-from careloop.api.routes import referrals, system
+from careloop.api.routes import automation, referrals, system
 from careloop.bootstrap import App
 from careloop.services.accounts import TokenAuthenticator
+from careloop.services.automation_admin import WebhookTools
 
 
 def create_app(app: App) -> FastAPI:
@@ -21,9 +24,19 @@ def create_app(app: App) -> FastAPI:
     api.state.deps = app.deps
     api.state.hashing = app.hashing
     api.state.authenticator = TokenAuthenticator(app.deps)
+    api.state.automation = app.automation
+    api.state.webhook_tools = WebhookTools(
+        new_secret=new_secret,
+        check_target=check_target,
+        compile_condition=compile_condition,
+        allow_private=app.settings.webhooks_allow_private,
+    )
+    api.state.webhook_verify = verify
+    api.state.inbound_tolerance_seconds = app.settings.inbound_tolerance_seconds
     problems.install(api)
     api.include_router(referrals.router)
     api.include_router(system.router)
+    api.include_router(automation.router)
     api.add_middleware(
         BodyLimitMiddleware,
         max_body_bytes=app.settings.max_body_bytes,

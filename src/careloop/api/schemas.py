@@ -43,3 +43,36 @@ class TaskIn(_Body):
 class LoginIn(_Body):
     username: Annotated[str, Field(min_length=1, max_length=150)]
     password: Annotated[str, Field(min_length=1, max_length=1000)]
+
+
+class DefinitionIn(_Body):
+    text: Annotated[str, Field(min_length=1, max_length=1_000_000)]
+    source: Annotated[str, Field(min_length=1, max_length=300)] = "api"
+    activate: bool = False
+
+
+class SubscriptionIn(_Body):
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    url: Annotated[str, Field(min_length=1, max_length=2000)]
+    event_types: Annotated[list[str], Field(min_length=1, max_length=50)]
+    filter: Annotated[str, Field(max_length=2000)] | None = None
+
+
+class ReplayIn(_Body):
+    kind: Annotated[str, Field(pattern="^(events|deliveries)$")]
+    ids: Annotated[list[int], Field(max_length=1000)] | None = None
+
+
+class InboundSourceIn(_Body):
+    case_field: Annotated[str, Field(min_length=1, max_length=100)]
+    event_field: Annotated[str, Field(min_length=1, max_length=100)]
+    events: Annotated[list[str], Field(min_length=1, max_length=50)]
+
+
+class SpecialistIn(_Body):
+    display_name: Annotated[str, Field(max_length=200)] | None = None
+    specialty: str
+    clinics: Annotated[list[str], Field(max_length=50)]
+    max_workload: Annotated[int, Field(ge=0, le=100_000)]
+    open_slots: Annotated[int, Field(ge=0, le=100_000)]
+    available: bool = True

@@ -40,6 +40,9 @@ class Action(StrEnum):
     WORKFLOW_READ = "workflow.read"
     WORKFLOW_MANAGE = "workflow.manage"
     USER_MANAGE = "user.manage"
+    AUTOMATION_READ = "automation.read"
+    AUTOMATION_MANAGE = "automation.manage"
+    WEBHOOK_MANAGE = "webhook.manage"
 
 
 _WORK = {
@@ -63,14 +66,24 @@ GRANTS: dict[Role, frozenset[Action]] = {
     # transitions, the role only opens the door.
     Role.FINANCE: frozenset({Action.CASE_READ, Action.CASE_TRANSITION, Action.WORKFLOW_READ}),
     Role.SCHEDULER: frozenset(_WORK),
-    Role.CLINIC_MANAGER: frozenset(_MANAGE),
-    Role.OPERATIONS_MANAGER: frozenset(_MANAGE),
-    Role.AUDITOR: frozenset({Action.CASE_READ, Action.AUDIT_READ, Action.WORKFLOW_READ}),
+    Role.CLINIC_MANAGER: frozenset(_MANAGE | {Action.AUTOMATION_READ}),
+    Role.OPERATIONS_MANAGER: frozenset(_MANAGE | {Action.AUTOMATION_READ}),
+    Role.AUDITOR: frozenset(
+        {Action.CASE_READ, Action.AUDIT_READ, Action.WORKFLOW_READ, Action.AUTOMATION_READ}
+    ),
     Role.INTEGRATION_CLIENT: frozenset(
         {Action.CASE_CREATE, Action.CASE_READ, Action.CASE_DOCUMENT_ADD, Action.CASE_NOTE}
     ),
     Role.ADMINISTRATOR: frozenset(
-        _MANAGE | {Action.AUDIT_READ, Action.WORKFLOW_MANAGE, Action.USER_MANAGE}
+        _MANAGE
+        | {
+            Action.AUDIT_READ,
+            Action.WORKFLOW_MANAGE,
+            Action.USER_MANAGE,
+            Action.AUTOMATION_READ,
+            Action.AUTOMATION_MANAGE,
+            Action.WEBHOOK_MANAGE,
+        }
     ),
 }
 

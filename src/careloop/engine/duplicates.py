@@ -41,7 +41,6 @@ def detect_duplicates(
     blocking = set(matcher.blocking_keys(key))
     since = case.created_at - timedelta(days=window_days)
     candidates = work.automation.duplicate_candidates(case.id, blocking, specialty, since)
-    work.automation.add_patient_keys(case.id, blocking, specialty, case.created_at)
     found: list[tuple[int, float, tuple[str, ...]]] = []
     for candidate in candidates:
         match = matcher.score(key, PatientKey.from_referral(candidate["data"]))
@@ -64,8 +63,22 @@ def detect_duplicates(
         "error": None,
         "created_at": now,
     }
-    if not work.automation.record_run(run) or not found:
-        return [other for other, _, _ in found]
+    # The run row is the once-only gate: a redelivered event finds it and does nothing.
+    if not work.automation.record_run(run):
+        return []
+    work.automation.add_patient_keys(case.id, blocking, specialty, case.created_at)
+    if found:
+        _flag(work, deps, case, found, now)
+    return [other for other, _, _ in found]
+
+
+def _flag(
+    work: UnitOfWork,
+    deps: Deps,
+    case: Case,
+    found: list[tuple[int, float, tuple[str, ...]]],
+    now: datetime,
+) -> None:
     actor = automation_actor(RULE_KEY)
     for other, score, reasons in found:
         work.automation.link_cases(case.id, other, FLAG, score, list(reasons), now)
@@ -89,4 +102,3 @@ def detect_duplicates(
         now,
     )
     publish_events(work, case, now, {"depth": 1, "rule": RULE_KEY})
-    return [other for other, _, _ in found]

@@ -43,20 +43,32 @@ def replan_state_timers(
     ladder: EscalationLadder = DEFAULT_LADDER,
 ) -> int:
     """Cancel the timers of the state the case left and plan those of the one it is in."""
-    work.timers.cancel_for_case(case.id, STATE_KINDS, now)
+    rows = _state_timers(config, rulesets, workflow, case, now, ladder)
+    work.timers.cancel_for_case(case.id, STATE_KINDS, now, keep=tuple(r["key"] for r in rows))
+    return sum(work.timers.plan(row) for row in rows)
+
+
+def _state_timers(
+    config: AutomationConfig,
+    rulesets: Iterable[RuleSet],
+    workflow: Workflow,
+    case: Case,
+    now: datetime,
+    ladder: EscalationLadder,
+) -> list[dict[str, Any]]:
     entered = case.state_entered_at
     stamp = entered.isoformat()
     base = {"state": case.state, "entered_at": stamp}
-    planned = 0
+    rows: list[dict[str, Any]] = []
     target = workflow.sla_seconds(case.state, case.urgency)
     if target and not workflow.states[case.state].terminal:
         calendar = config.calendar_for(str(case.data.get("clinic", "")))
         for step in plan_sla(calendar, ladder, entered, target):
-            planned += work.timers.plan(
+            rows.append(
                 {
                     "case_id": case.id,
                     "kind": "sla",
-                    "key": f"sla:{case.id}:{stamp}:{step.step}",
+                    "key": f"sla:{case.id}:{case.state}:{stamp}:{step.step}",
                     "name": step.step,
                     "due_at": step.due_at,
                     "payload": {
@@ -75,19 +87,18 @@ def replan_state_timers(
             if trigger.anchor_state != case.state or not _in_scope(rule, case):
                 continue
             assert trigger.offset is not None
-            due = offset_from(config, case, entered, trigger.offset, trigger.direction)
-            planned += work.timers.plan(
+            rows.append(
                 {
                     "case_id": case.id,
                     "kind": "state",
-                    "key": f"rule:{case.id}:{rule.key}:{stamp}",
+                    "key": f"rule:{case.id}:{rule.key}:{case.state}:{stamp}",
                     "name": rule.key,
-                    "due_at": due,
+                    "due_at": offset_from(config, case, entered, trigger.offset, trigger.direction),
                     "payload": {**base, "ruleset": ruleset.key},
                     "created_at": now,
                 }
             )
-    return planned
+    return rows
 
 
 def replan_field_timers(
@@ -107,8 +118,9 @@ def replan_field_timers(
                 continue
             if changed is not None and trigger.field.split(".")[0] not in changed:
                 continue
-            work.timers.cancel_for_case(case.id, ("field",), now, names=(rule.key,))
             anchor = _as_datetime(lookup(case.data, trigger.field))
+            key = f"field:{case.id}:{rule.key}:{anchor.isoformat() if anchor else ''}"
+            work.timers.cancel_for_case(case.id, ("field",), now, names=(rule.key,), keep=(key,))
             if anchor is None:
                 continue
             assert trigger.offset is not None
@@ -117,7 +129,7 @@ def replan_field_timers(
                 {
                     "case_id": case.id,
                     "kind": "field",
-                    "key": f"field:{case.id}:{rule.key}:v{case.version}",
+                    "key": key,
                     "name": rule.key,
                     "due_at": due,
                     "payload": {"field": trigger.field, "anchor": anchor.isoformat()},
@@ -187,11 +199,37 @@ def escalate_sla(
         run.update(outcome="skipped", error="the case has left the state since")
         work.automation.record_run(run)
         return
+    try:
+        with work.savepoint():
+            run.update(
+                outcome="applied", results=_apply_step(work, deps, rulesets, case, event, now)
+            )
+            publish_events(work, case, now, {"depth": 1, "rule": f"sla.{step}"})
+            if not work.automation.record_run(run):
+                raise _AlreadyApplied  # an earlier delivery of this event applied it
+    except _AlreadyApplied:
+        return
+
+
+class _AlreadyApplied(Exception):
+    pass
+
+
+def _apply_step(
+    work: UnitOfWork,
+    deps: Deps,
+    rulesets: Iterable[RuleSet],
+    case: Case,
+    event: Mapping[str, Any],
+    now: datetime,
+) -> list[dict[str, Any]]:
+    payload: Mapping[str, Any] = event["payload"]
+    step = str(payload.get("name"))
     actor = automation_actor(f"sla.{step}")
     action = str(payload.get("action"))
     role = payload.get("notify_role")
     supervisor = next(
-        (r.supervisors.get(str(case.data.get("clinic", ""))) for r in rulesets if r.supervisors),
+        (_supervisor(r, case) for r in rulesets if _supervisor(r, case)),
         None,
     )
     results: list[dict[str, Any]] = []
@@ -223,9 +261,12 @@ def escalate_sla(
             }
         )
         results.append({"action": "notify", "to": recipient})
-    publish_events(work, case, now, {"depth": 1, "rule": f"sla.{step}"})
-    run.update(outcome="applied", results=results)
-    work.automation.record_run(run)
+    return results
+
+
+def _supervisor(ruleset: RuleSet, case: Case) -> str | None:
+    clinic = str(case.data.get("clinic", ""))
+    return ruleset.supervisors.get(clinic) or ruleset.supervisors.get("*")
 
 
 def _in_scope(rule: Any, case: Case) -> bool:

@@ -40,7 +40,10 @@ class TimerStore:
         kinds: tuple[str, ...],
         at: datetime,
         names: tuple[str, ...] | None = None,
+        keep: tuple[str, ...] = (),
     ) -> int:
+        """Cancel pending timers of the case; ``keep`` names keys that stay (a replan
+        that plans the very same timers again must not cancel them)."""
         query = update(timers).where(
             timers.c.case_id == case_id,
             timers.c.status == "pending",
@@ -48,6 +51,8 @@ class TimerStore:
         )
         if names is not None:
             query = query.where(timers.c.name.in_(names))
+        if keep:
+            query = query.where(timers.c.key.not_in(keep))
         result = self._connection.execute(query.values(status="cancelled", fired_at=at))
         return int(result.rowcount or 0)
 
