@@ -226,4 +226,20 @@ def audit_verify() -> None:
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except CareloopError as error:
+        # A refused definition, an unknown id...: the message names the problem.
+        typer.echo(f"error: {error.detail}", err=True)
+        raise SystemExit(1) from error
+
+
+def _add_automation_commands() -> None:
+    from careloop.cli_automation import dead_letters_cli, definitions_cli
+
+    for kind in ("rules", "routing", "calendars"):
+        cli.add_typer(definitions_cli(kind), name=kind)
+    cli.add_typer(dead_letters_cli, name="dead-letters")
+
+
+_add_automation_commands()
