@@ -243,3 +243,7 @@ def _add_automation_commands() -> None:
 
 
 _add_automation_commands()
+
+
+if __name__ == "__main__":
+    main()

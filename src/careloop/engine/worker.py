@@ -76,7 +76,9 @@ class Worker:
     sign: Signer
     jobs: list[Job] = field(default_factory=list)
     poll_seconds: float = 1.0
-    relay_batch: int = 100
+    # Small relay batches keep each transaction short: rule actions write audit entries,
+    # and a long transaction would hold its audit chain head against intake meanwhile.
+    relay_batch: int = 20
     timer_batch: int = 500
     delivery_batch: int = 50
     _stop: threading.Event = field(default_factory=threading.Event)
