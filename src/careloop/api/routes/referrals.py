@@ -6,12 +6,16 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, File, Form, Header, Query, Request, Response, UploadFile
+from starlette.concurrency import run_in_threadpool
 
 from careloop.adapters.db.cases import CaseFilter
 from careloop.api.presenters import present_case
+from careloop.api.responses import JsonResponse
 from careloop.api.schemas import AssignIn, NoteIn, TaskIn, TransitionIn, UpdateIn
 from careloop.api.security import CurrentActor
+from careloop.domain.case import Case
 from careloop.domain.errors import FieldProblem, InvalidInput, PayloadTooLarge
+from careloop.domain.workflow import Workflow
 from careloop.services import attachments, cases, queries
 from careloop.services.deps import Deps
 from careloop.services.referral_input import ReferralIn
@@ -25,21 +29,34 @@ def _deps(request: Request) -> Deps:
     return deps
 
 
+async def _workflow_of(deps: Deps, case: Case) -> Workflow:
+    """The case's compiled workflow; read from the database (off the loop) on first use."""
+    workflow = deps.workflows.compiled(case.workflow_key, case.workflow_version)
+    if workflow is None:
+        workflow = await run_in_threadpool(
+            deps.workflows.get, case.workflow_key, case.workflow_version
+        )
+    return workflow
+
+
 @router.post("", status_code=201, summary="Create a referral")
-def create_referral(
+async def create_referral(
     request: Request,
-    response: Response,
     actor: CurrentActor,
     referral: ReferralIn,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     deps = _deps(request)
-    case, created = cases.create_referral(deps, actor, referral, idempotency_key)
-    workflow = deps.workflows.get(case.workflow_key, case.workflow_version)
-    response.headers["Location"] = f"/api/v1/referrals/{case.id}"
+    # Async with one hop to the thread pool for the transaction: parsing, validation and
+    # the response stay on the event loop.
+    case, created = await run_in_threadpool(
+        cases.create_referral, deps, actor, referral, idempotency_key
+    )
+    workflow = await _workflow_of(deps, case)
+    headers = {"Location": f"/api/v1/referrals/{case.id}"}
     if not created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return present_case(case, workflow)
+        headers["Idempotent-Replayed"] = "true"
+    return JsonResponse(present_case(case, workflow), status_code=201, headers=headers)
 
 
 @router.get("", summary="List and search referrals (work queue)")
