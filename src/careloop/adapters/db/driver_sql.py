@@ -17,7 +17,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.schema import ColumnDefault
-from sqlalchemy.types import TypeEngine
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 Processor = Callable[[Any], Any]
 
@@ -59,11 +59,13 @@ class DriverStatement:
             bind_type = result.binds[name].type
             # dialect_impl: the type as this dialect stores it (SQLite's DATETIME text
             # format, PostgreSQL's JSON), exactly as SQLAlchemy itself would bind it.
-            process = bind_type.dialect_impl(dialect).bind_processor(dialect)
+            process = (
+                _datetime_processor(bind_type, dialect)
+                if _is_datetime(bind_type)
+                else bind_type.dialect_impl(dialect).bind_processor(dialect)
+            )
             if process is not None:
-                processors.append(
-                    (index, _reuse_last(process) if _is_datetime(bind_type) else process)
-                )
+                processors.append((index, process))
         plan = _Plan(
             str(result),
             bool(result.positional),
@@ -77,15 +79,29 @@ class DriverStatement:
 
 
 def _is_datetime(type_: TypeEngine[Any]) -> bool:
+    if isinstance(type_, TypeDecorator):
+        type_ = type_.impl_instance
     try:
         return type_.python_type is datetime
     except NotImplementedError:
         return False
 
 
+# (dialect name, column type) -> its bind processor, shared by every statement.
+_DATETIME_PROCESSORS: dict[tuple[str, TypeEngine[Any]], Processor | None] = {}
+
+
+def _datetime_processor(type_: TypeEngine[Any], dialect: Dialect) -> Processor | None:
+    key = (dialect.name, type_)
+    if key not in _DATETIME_PROCESSORS:
+        process = type_.dialect_impl(dialect).bind_processor(dialect)
+        _DATETIME_PROCESSORS[key] = None if process is None else _reuse_last(process)
+    return _DATETIME_PROCESSORS[key]
+
+
 def _reuse_last(process: Processor) -> Processor:
     """Remember the last datetime converted: one write stamps the same moment on several
-    columns and rows, and datetimes are immutable, so the same object converts alike."""
+    columns of several rows, and a datetime is immutable, so that object converts alike."""
     last: list[tuple[Any, Any]] = [(object(), None)]
 
     def processed(value: Any) -> Any:
