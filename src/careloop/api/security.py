@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
-from starlette.concurrency import run_in_threadpool
 
+from careloop.api.blocking import BlockingPool
 from careloop.domain.access import Actor
 from careloop.domain.errors import NotAuthenticated
 from careloop.services.accounts import TokenAuthenticator
@@ -24,7 +24,8 @@ async def current_actor(request: Request) -> Actor:
     # worth a hop to the thread pool.
     actor = authenticator.cached(token, client)
     if actor is None:
-        actor = await run_in_threadpool(authenticator.authenticate, token, client)
+        blocking: BlockingPool = request.app.state.blocking
+        actor = await blocking.run(authenticator.authenticate, token, client)
     return actor
 
 

@@ -6,9 +6,9 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, File, Form, Header, Query, Request, Response, UploadFile
-from starlette.concurrency import run_in_threadpool
 
 from careloop.adapters.db.cases import CaseFilter
+from careloop.api.blocking import BlockingPool
 from careloop.api.presenters import present_case
 from careloop.api.responses import JsonResponse
 from careloop.api.schemas import AssignIn, NoteIn, TaskIn, TransitionIn, UpdateIn
@@ -29,11 +29,17 @@ def _deps(request: Request) -> Deps:
     return deps
 
 
-async def _workflow_of(deps: Deps, case: Case) -> Workflow:
+def _blocking(request: Request) -> BlockingPool:
+    blocking: BlockingPool = request.app.state.blocking
+    return blocking
+
+
+async def _workflow_of(request: Request, case: Case) -> Workflow:
     """The case's compiled workflow; read from the database (off the loop) on first use."""
+    deps = _deps(request)
     workflow = deps.workflows.compiled(case.workflow_key, case.workflow_version)
     if workflow is None:
-        workflow = await run_in_threadpool(
+        workflow = await _blocking(request).run(
             deps.workflows.get, case.workflow_key, case.workflow_version
         )
     return workflow
@@ -46,13 +52,12 @@ async def create_referral(
     referral: ReferralIn,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
-    deps = _deps(request)
     # Async with one hop to the thread pool for the transaction: parsing, validation and
     # the response stay on the event loop.
-    case, created = await run_in_threadpool(
-        cases.create_referral, deps, actor, referral, idempotency_key
+    case, created = await _blocking(request).run(
+        cases.create_referral, _deps(request), actor, referral, idempotency_key
     )
-    workflow = await _workflow_of(deps, case)
+    workflow = await _workflow_of(request, case)
     headers = {"Location": f"/api/v1/referrals/{case.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
