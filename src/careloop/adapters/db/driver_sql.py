@@ -34,11 +34,12 @@ class DriverStatement:
     def __init__(self, statement: ClauseElement, defaults: Mapping[str, Any] | None = None) -> None:
         self._statement = statement
         self._defaults = dict(defaults or {})
-        self._plans: dict[str, _Plan] = {}
+        # By dialect class: the SQL and bind processors differ per database and driver.
+        self._plans: dict[type[Dialect], _Plan] = {}
 
     def execute(self, connection: Connection, params: Mapping[str, Any]) -> Any:
         """Run with ``params``; returns the DBAPI cursor (fetch RETURNING rows from it)."""
-        plan = self._plans.get(connection.dialect.name) or self._compile(connection.dialect)
+        plan = self._plans.get(type(connection.dialect)) or self._compile(connection.dialect)
         get = params.get
         values = [get(name, default) for name, default in plan.slots]
         for index, process in plan.processors:
@@ -74,7 +75,7 @@ class DriverStatement:
             tuple((name, self._defaults.get(name, result.binds[name].value)) for name in names),
             tuple(processors),
         )
-        self._plans[dialect.name] = plan
+        self._plans[type(dialect)] = plan
         return plan
 
 
@@ -87,12 +88,12 @@ def _is_datetime(type_: TypeEngine[Any]) -> bool:
         return False
 
 
-# (dialect name, column type) -> its bind processor, shared by every statement.
-_DATETIME_PROCESSORS: dict[tuple[str, TypeEngine[Any]], Processor | None] = {}
+# (dialect class, column type) -> its bind processor, shared by every statement.
+_DATETIME_PROCESSORS: dict[tuple[type[Dialect], TypeEngine[Any]], Processor | None] = {}
 
 
 def _datetime_processor(type_: TypeEngine[Any], dialect: Dialect) -> Processor | None:
-    key = (dialect.name, type_)
+    key = (type(dialect), type_)
     if key not in _DATETIME_PROCESSORS:
         process = type_.dialect_impl(dialect).bind_processor(dialect)
         _DATETIME_PROCESSORS[key] = None if process is None else _reuse_last(process)
