@@ -374,8 +374,9 @@ def bench_postgres(clients: int, rounds: int, seconds: float, warmup: int) -> No
     c.line("careloop create_referral", ours.text())
     c.line("raw psycopg 3, 3 INSERTs per tx", theirs.text())
     c.ratio_line("ratio careloop / raw", ours.tps, theirs.tps, target_pct=50)
-    # careloop's transaction: case, history, audit head read (FOR UPDATE), audit row,
-    # audit head update, outbox, COMMIT (raw: 3 INSERTs, COMMIT).
+    # careloop's transaction: case + first history row (one statement), audit head read
+    # (FOR UPDATE), audit row + head update (one statement), outbox, COMMIT
+    # (raw: 3 INSERTs, COMMIT).
 
 
 def main() -> None:

@@ -45,6 +45,19 @@ def test_create_writes_case_history_audit_and_outbox_in_one_transaction(app: App
     assert entry["actor_name"] == "ian.intake" and entry["source_address"] == "127.0.0.1"
 
 
+def test_a_new_case_starts_its_status_history_with_the_creator_and_no_previous_state(
+    app: App, clock: ManualClock
+) -> None:
+    case_id = _create(app)
+    history = queries.read_case_part(app.deps, ADMIN, case_id, "history")
+    assert [
+        (h["case_id"], h["from_state"], h["to_state"], h["transition"], h["actor_id"],
+         h["actor_name"], h["reason"], h["occurred_at"])
+        for h in history
+    ] == [(case_id, None, "intake_received", None, INTAKE.user_id, "ian.intake", "",
+           clock.now())]
+
+
 def test_transition_by_allowed_role_moves_the_case_and_records_everything(
     app: App, clock: ManualClock
 ) -> None:

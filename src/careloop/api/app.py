@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from careloop import __version__
 from careloop.adapters.cel_conditions import compile_condition
 from careloop.adapters.webhooks import check_target, new_secret, verify
 from careloop.api import problems
+from careloop.api.blocking import BlockingPool
 from careloop.api.limits import BodyLimitMiddleware
 from careloop.api.routes import automation, referrals, system
 from careloop.bootstrap import App
@@ -16,11 +20,21 @@ from careloop.services.automation_admin import WebhookTools
 
 
 def create_app(app: App) -> FastAPI:
+    # One thread per database connection the pool may hand out at once.
+    blocking = BlockingPool(threads=2 * app.settings.db_pool_size)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        blocking.shutdown()
+
     api = FastAPI(
         title="careloop",
         version=__version__,
         summary="Governed workflow layer for healthcare referral coordination",
+        lifespan=lifespan,
     )
+    api.state.blocking = blocking
     api.state.deps = app.deps
     api.state.hashing = app.hashing
     api.state.authenticator = TokenAuthenticator(app.deps)

@@ -45,9 +45,12 @@ class AuditEntry:
     hash: str
 
 
+_RECORD_FIELDS = tuple(f.name for f in fields(AuditRecord))
+
+
 def record_fields(record: AuditRecord) -> dict[str, Any]:
     """The record's fields by name: what is hashed, stored and read back."""
-    return {f.name: getattr(record, f.name) for f in fields(AuditRecord)}
+    return {name: getattr(record, name) for name in _RECORD_FIELDS}
 
 
 def canonical_encoding(chain: int, seq: int, record: AuditRecord) -> bytes:

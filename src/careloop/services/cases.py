@@ -53,12 +53,9 @@ def create_referral(
             updated_at=now,
             state_entered_at=now,
         )
-        uow.cases.add(case, actor.user_id)
+        uow.cases.add(case, actor.user_id, actor.username)
         case.events.append(
             Event("case.created", {"channel": data.get("channel", "api"), "urgency": case.urgency})
-        )
-        uow.cases.add_history(
-            case.id, None, case.state, None, actor.user_id, actor.username, "", now
         )
         audit(uow, actor, "case.create", now, case=case, category="demographics")
         publish_events(uow, case, now)

@@ -34,6 +34,10 @@ class WorkflowRegistry:
         self._lock = threading.Lock()
         self._latest: dict[str, tuple[float, Workflow]] = {}
 
+    def compiled(self, key: str, version: int) -> Workflow | None:
+        """The workflow if it is compiled already (never touches the database)."""
+        return self._compiled.get((key, version))
+
     def get(self, key: str, version: int) -> Workflow:
         workflow = self._compiled.get((key, version))
         if workflow is not None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import fields
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 
-from careloop.adapters.db.driver_sql import DriverStatement, insert_into
+from careloop.adapters.db.driver_sql import DriverStatement, insert_into, insert_row
 from careloop.adapters.db.tables import audit_heads, audit_log
 from careloop.domain.audit import (
     GENESIS_HASH,
@@ -23,18 +23,21 @@ from careloop.domain.audit import (
     verify_chain,
 )
 
-_INSERT = insert_into(audit_log)
 # Built once: these run in every write transaction.
 _SELECT_HEAD = DriverStatement(
     select(audit_heads.c.seq, audit_heads.c.hash)
     .where(audit_heads.c.chain == bindparam("chain"))
     .with_for_update()
 )
-_UPDATE_HEAD = DriverStatement(
+_ADVANCE_HEAD = (
     update(audit_heads)
     .where(audit_heads.c.chain == bindparam("head_chain"))
     .values(seq=bindparam("seq"), hash=bindparam("hash"))
 )
+_INSERT = insert_into(audit_log)
+_UPDATE_HEAD = DriverStatement(_ADVANCE_HEAD)
+# PostgreSQL: the entry and the head's advance in one statement (one round trip).
+_INSERT_AND_ADVANCE = DriverStatement(_ADVANCE_HEAD.add_cte(insert_row(audit_log).cte("entry")))
 
 
 class AuditStore:
@@ -53,10 +56,14 @@ class AuditStore:
         chain = self._chain
         head = self._lock_head(chain)
         entry = chain_entry(chain, head[0], head[1], record)
-        _INSERT.execute(self._connection, _row(entry))
-        _UPDATE_HEAD.execute(
-            self._connection, {"head_chain": chain, "seq": entry.seq, "hash": entry.hash}
-        )
+        row = _row(entry)
+        if self._connection.dialect.name == "postgresql":
+            _INSERT_AND_ADVANCE.execute(self._connection, {**row, "head_chain": chain})
+        else:
+            _INSERT.execute(self._connection, row)
+            _UPDATE_HEAD.execute(
+                self._connection, {"head_chain": chain, "seq": entry.seq, "hash": entry.hash}
+            )
         return entry
 
     def _lock_head(self, chain: int) -> tuple[int, str]:
@@ -86,12 +93,17 @@ class AuditStore:
 def _row(entry: AuditEntry) -> dict[str, Any]:
     return {
         **record_fields(entry.record),
-        "detail": json.dumps(entry.record.detail, sort_keys=True, default=str),
+        "detail": _detail_text(entry.record.detail),
         "chain": entry.chain,
         "seq": entry.seq,
         "prev_hash": entry.prev_hash,
         "hash": entry.hash,
     }
+
+
+def _detail_text(detail: Mapping[str, Any]) -> str:
+    # Most entries (every intake) carry no detail.
+    return json.dumps(detail, sort_keys=True, default=str) if detail else "{}"
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:

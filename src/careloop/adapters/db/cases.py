@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, literal, or_, select, tuple_, update
+from sqlalchemy import Connection, bindparam, func, insert, literal, or_, select, tuple_, update
 from sqlalchemy.sql import Select
 
-from careloop.adapters.db.driver_sql import insert_into
+from careloop.adapters.db.driver_sql import DriverStatement, insert_into, insert_row
 from careloop.adapters.db.tables import TZ, Id, case_history, cases, documents, notes, tasks
 from careloop.domain.case import Case
 from careloop.domain.errors import FieldProblem, InvalidInput, NotFound, StaleVersion
@@ -18,6 +18,25 @@ from careloop.domain.referral import lookup
 
 _INSERT_CASE = insert_into(cases, returning_id=True)
 _INSERT_HISTORY = insert_into(case_history)
+# PostgreSQL: a new case and its first history row in one statement (one round trip).
+_NEW_CASE = insert_row(cases).returning(cases.c.id).cte("new_case")
+_INSERT_CASE_WITH_HISTORY = DriverStatement(
+    select(_NEW_CASE.c.id).add_cte(
+        insert(case_history)
+        .from_select(
+            ["case_id", "to_state", "actor_id", "actor_name", "reason", "occurred_at"],
+            select(
+                _NEW_CASE.c.id,
+                bindparam("state", type_=cases.c.state.type),
+                bindparam("created_by", type_=cases.c.created_by.type),
+                bindparam("actor_name", type_=case_history.c.actor_name.type),
+                literal("", case_history.c.reason.type),
+                bindparam("created_at", type_=cases.c.created_at.type),
+            ),
+        )
+        .cte("first_history")
+    )
+)
 _SUMMARY_COLUMNS = (
     cases.c.id,
     cases.c.case_type,
@@ -77,7 +96,8 @@ class CaseRepository:
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
 
-    def add(self, case: Case, created_by: int) -> int:
+    def add(self, case: Case, created_by: int, created_by_name: str) -> int:
+        """Insert a new case with its first status-history row (no previous state)."""
         row = {
             "case_type": case.case_type,
             "workflow_key": case.workflow_key,
@@ -92,9 +112,15 @@ class CaseRepository:
             "state_entered_at": case.state_entered_at,
             **_denormalised(case),
         }
-        case_id = int(_INSERT_CASE.execute(self._connection, row).fetchone()[0])
-        case.id = case_id
-        return case_id
+        if self._connection.dialect.name == "postgresql":
+            row["actor_name"] = created_by_name
+            case.id = int(_INSERT_CASE_WITH_HISTORY.execute(self._connection, row).fetchone()[0])
+        else:
+            case.id = int(_INSERT_CASE.execute(self._connection, row).fetchone()[0])
+            self.add_history(
+                case.id, None, case.state, None, created_by, created_by_name, "", case.created_at
+            )
+        return case.id
 
     def get(self, case_id: int) -> Case:
         row = self._connection.execute(select(cases).where(cases.c.id == case_id)).first()

@@ -9,65 +9,125 @@ processor, so what is stored is exactly what SQLAlchemy would store.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Table, bindparam, insert
+from sqlalchemy import Connection, Insert, Table, bindparam, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.schema import ColumnDefault
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
-Processor = Callable[[Any], Any] | None
+Processor = Callable[[Any], Any]
+
+
+class _Plan(NamedTuple):
+    sql: str
+    positional: bool  # qmark/format (SQLite) or named (psycopg's pyformat)
+    names: tuple[str, ...]  # parameter order
+    slots: tuple[tuple[str, Any], ...]  # (name, default where the caller leaves it out)
+    processors: tuple[tuple[int, Processor], ...]  # (index, bind processor), only typed ones
 
 
 class DriverStatement:
     def __init__(self, statement: ClauseElement, defaults: Mapping[str, Any] | None = None) -> None:
         self._statement = statement
         self._defaults = dict(defaults or {})
-        self._compiled: dict[str, tuple[str, list[str] | None, dict[str, Processor]]] = {}
-
-    def _for(self, dialect: Dialect) -> tuple[str, list[str] | None, dict[str, Processor]]:
-        cached = self._compiled.get(dialect.name)
-        if cached is not None:
-            return cached
-        result = self._statement.compile(dialect=dialect)
-        assert isinstance(result, SQLCompiler)
-        names = list(result.positiontup or []) if result.positional else None
-        processors: dict[str, Processor] = {
-            # dialect_impl: the type as this dialect stores it (SQLite's DATETIME text
-            # format, PostgreSQL's JSON), exactly as SQLAlchemy itself would bind it.
-            name: bind.type.dialect_impl(dialect).bind_processor(dialect)
-            for name, bind in result.binds.items()
-        }
-        compiled = (str(result), names, processors)
-        self._compiled[dialect.name] = compiled
-        return compiled
+        # By dialect class: the SQL and bind processors differ per database and driver.
+        self._plans: dict[type[Dialect], _Plan] = {}
 
     def execute(self, connection: Connection, params: Mapping[str, Any]) -> Any:
         """Run with ``params``; returns the DBAPI cursor (fetch RETURNING rows from it)."""
-        sql, names, processors = self._for(connection.dialect)
-        defaults = self._defaults
-
-        def value(name: str) -> Any:
-            raw = params[name] if name in params else defaults.get(name)
-            processor = processors[name]
-            return processor(raw) if processor is not None else raw
-
+        plan = self._plans.get(type(connection.dialect)) or self._compile(connection.dialect)
+        get = params.get
+        values = [get(name, default) for name, default in plan.slots]
+        for index, process in plan.processors:
+            values[index] = process(values[index])
         cursor = connection.connection.cursor()
-        if names is not None:
-            cursor.execute(sql, [value(name) for name in names])
+        if plan.positional:
+            cursor.execute(plan.sql, values)
         else:
-            cursor.execute(sql, {name: value(name) for name in processors})
+            cursor.execute(plan.sql, dict(zip(plan.names, values, strict=True)))
         return cursor
+
+    def _compile(self, dialect: Dialect) -> _Plan:
+        result = self._statement.compile(dialect=dialect)
+        assert isinstance(result, SQLCompiler)
+        names = tuple(result.positiontup or ()) if result.positional else tuple(result.binds)
+        processors = []
+        for index, name in enumerate(names):
+            bind_type = result.binds[name].type
+            # dialect_impl: the type as this dialect stores it (SQLite's DATETIME text
+            # format, PostgreSQL's JSON), exactly as SQLAlchemy itself would bind it.
+            process = (
+                _datetime_processor(bind_type, dialect)
+                if _is_datetime(bind_type)
+                else bind_type.dialect_impl(dialect).bind_processor(dialect)
+            )
+            if process is not None:
+                processors.append((index, process))
+        plan = _Plan(
+            str(result),
+            bool(result.positional),
+            names,
+            # A bind built with a value (a literal) keeps it unless the caller passes one.
+            tuple((name, self._defaults.get(name, result.binds[name].value)) for name in names),
+            tuple(processors),
+        )
+        self._plans[type(dialect)] = plan
+        return plan
+
+
+def _is_datetime(type_: TypeEngine[Any]) -> bool:
+    if isinstance(type_, TypeDecorator):
+        type_ = type_.impl_instance
+    try:
+        return type_.python_type is datetime
+    except NotImplementedError:
+        return False
+
+
+# (dialect class, column type) -> its bind processor, shared by every statement.
+_DATETIME_PROCESSORS: dict[tuple[type[Dialect], TypeEngine[Any]], Processor | None] = {}
+
+
+def _datetime_processor(type_: TypeEngine[Any], dialect: Dialect) -> Processor | None:
+    key = (type(dialect), type_)
+    if key not in _DATETIME_PROCESSORS:
+        process = type_.dialect_impl(dialect).bind_processor(dialect)
+        _DATETIME_PROCESSORS[key] = None if process is None else _reuse_last(process)
+    return _DATETIME_PROCESSORS[key]
+
+
+def _reuse_last(process: Processor) -> Processor:
+    """Remember the last datetime converted: one write stamps the same moment on several
+    columns of several rows, and a datetime is immutable, so that object converts alike."""
+    last: list[tuple[Any, Any]] = [(object(), None)]
+
+    def processed(value: Any) -> Any:
+        seen, result = last[0]  # one tuple, read and replaced whole: safe across threads
+        if value is seen:
+            return result
+        result = process(value)
+        last[0] = (value, result)
+        return result
+
+    return processed
 
 
 def insert_into(table: Table, returning_id: bool = False) -> DriverStatement:
     """INSERT of every column but a generated ``id``, with the table's scalar defaults."""
-    columns = [c for c in table.columns if not (c.key == "id" and c.autoincrement)]
-    statement = insert(table).values({c.key: bindparam(c.key, type_=c.type) for c in columns})
+    statement = insert_row(table)
     if returning_id:
         statement = statement.returning(table.c.id)
     return DriverStatement(statement, insert_defaults(table))
+
+
+def insert_row(table: Table) -> Insert:
+    """INSERT of every column but a generated ``id``, one bind parameter per column key."""
+    columns = [c for c in table.columns if not (c.key == "id" and c.autoincrement)]
+    return insert(table).values({c.key: bindparam(c.key, type_=c.type) for c in columns})
 
 
 def insert_defaults(table: Table) -> dict[str, Any]:

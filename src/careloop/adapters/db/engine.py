@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
@@ -23,6 +25,7 @@ def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
         max_overflow=pool_size,
         echo=echo,
         pool_reset_on_return=None,
+        json_serializer=json_text,
     )
 
 
@@ -33,6 +36,7 @@ def _sqlite_engine(url: str, echo: bool) -> Engine:
         pool_size=8,
         max_overflow=8,
         connect_args={"check_same_thread": False, "timeout": 30},
+        json_serializer=json_text,
     )
 
     @event.listens_for(engine, "connect")
@@ -63,3 +67,13 @@ def _sqlite_engine(url: str, echo: bool) -> Engine:
 
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+def json_text(value: Any) -> str:
+    """JSON column text: orjson (several times faster than json.dumps on a referral),
+    compact and UTF-8. What it cannot encode (integers beyond 64 bits, non-string keys)
+    goes to json.dumps, SQLAlchemy's default, which encodes or rejects it as before."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)

@@ -8,10 +8,14 @@ from urllib.parse import quote
 from fastapi import APIRouter, File, Form, Header, Query, Request, Response, UploadFile
 
 from careloop.adapters.db.cases import CaseFilter
+from careloop.api.blocking import BlockingPool
 from careloop.api.presenters import present_case
+from careloop.api.responses import JsonResponse
 from careloop.api.schemas import AssignIn, NoteIn, TaskIn, TransitionIn, UpdateIn
 from careloop.api.security import CurrentActor
+from careloop.domain.case import Case
 from careloop.domain.errors import FieldProblem, InvalidInput, PayloadTooLarge
+from careloop.domain.workflow import Workflow
 from careloop.services import attachments, cases, queries
 from careloop.services.deps import Deps
 from careloop.services.referral_input import ReferralIn
@@ -25,21 +29,39 @@ def _deps(request: Request) -> Deps:
     return deps
 
 
+def _blocking(request: Request) -> BlockingPool:
+    blocking: BlockingPool = request.app.state.blocking
+    return blocking
+
+
+async def _workflow_of(request: Request, case: Case) -> Workflow:
+    """The case's compiled workflow; read from the database (off the loop) on first use."""
+    deps = _deps(request)
+    workflow = deps.workflows.compiled(case.workflow_key, case.workflow_version)
+    if workflow is None:
+        workflow = await _blocking(request).run(
+            deps.workflows.get, case.workflow_key, case.workflow_version
+        )
+    return workflow
+
+
 @router.post("", status_code=201, summary="Create a referral")
-def create_referral(
+async def create_referral(
     request: Request,
-    response: Response,
     actor: CurrentActor,
     referral: ReferralIn,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
-    deps = _deps(request)
-    case, created = cases.create_referral(deps, actor, referral, idempotency_key)
-    workflow = deps.workflows.get(case.workflow_key, case.workflow_version)
-    response.headers["Location"] = f"/api/v1/referrals/{case.id}"
+    # Async with one hop to the thread pool for the transaction: parsing, validation and
+    # the response stay on the event loop.
+    case, created = await _blocking(request).run(
+        cases.create_referral, _deps(request), actor, referral, idempotency_key
+    )
+    workflow = await _workflow_of(request, case)
+    headers = {"Location": f"/api/v1/referrals/{case.id}"}
     if not created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return present_case(case, workflow)
+        headers["Idempotent-Replayed"] = "true"
+    return JsonResponse(present_case(case, workflow), status_code=201, headers=headers)
 
 
 @router.get("", summary="List and search referrals (work queue)")
