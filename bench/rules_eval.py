@@ -10,17 +10,23 @@ CEL compiler (``careloop.adapters.cel_conditions``), as ``load_rules_text`` woul
 
 Rules are generated: trigger kinds weighted (transitioned 50 %, field_changed 20 %,
 document_added 15 %, created 10 %, timer 5 %), to-states / from-states of the shipped
-workflow, 70 % scoped to one or two of 12 specialties, 40 % to one clinic, 3 % layered
-replacements, 80 % with a CEL condition drawn from 12 templates with random constants.
-Two spreads:
+workflow, 70 % scoped to one or two of 12 specialties, 3 % of the clinic-scoped ones
+layered replacements of a general rule, 80 % with a CEL condition drawn from 12
+templates with random constants. Two spreads:
 
-  locations  the number of clinics grows with the rule count (N / 25: 40 clinics for
-             1,000 rules, 400 for 10,000): a bigger system has more locations, each
-             with its own layer of rules, so about as many rules match one event;
-  fixed      12 clinics at both sizes: ten times more rules match each event.
+  locations  a bigger system has more locations, each with its own layer of rules:
+             600 rules without a clinic scope at both sizes, the rest scoped to one of
+             N / 25 clinics (40 clinics for 1,000 rules, 400 for 10,000), so about as
+             many rules match one event at both sizes;
+  fixed      40 % clinic-scoped over 12 clinics at both sizes: ten times more rules
+             match each event at 10,000.
 
 Events (a mix of transitioned, created, field_changed, document_added, timer.fired) are
-drawn over 1,000 cases spread over the same specialties and clinics.
+drawn over 1,000 cases spread over the same specialties and clinics. Latencies are the
+CPU time of the evaluating thread per event (the development machine is shared, so
+wall-clock tails include other processes' time slices); careloop's wall clock is shown
+too. The targets (p99 at 1,000 rules < 1 ms, p99 growth to 10,000 rules <= 3x) are
+judged on CPU time.
 
 raw baselines, for exactly the rules careloop evaluated for each event (recorded in an
 untimed pass):
@@ -123,13 +129,17 @@ def _workflow() -> Any:
     return load_workflow_text(text, source)
 
 
-def clinics_for(spread: str, rules: int) -> tuple[str, ...]:
-    count = max(10, rules // 25) if spread == "locations" else 12
-    return tuple(f"clinic-{i:03d}" for i in range(count))
+def clinics_for(spread: str, rules: int) -> tuple[tuple[str, ...], float]:
+    """The clinics and the share of rules scoped to one of them."""
+    if spread == "locations":
+        count, scoped = max(10, rules // 25), max(0.4, 1 - 600 / rules)
+    else:
+        count, scoped = 12, 0.4
+    return tuple(f"clinic-{i:03d}" for i in range(count)), scoped
 
 
-def generate_rules(count: int, clinics: tuple[str, ...], workflow: Any, seed: int
-                   ) -> tuple[dict[str, Any], dict[str, Lambda]]:
+def generate_rules(count: int, clinics: tuple[str, ...], clinic_share: float, workflow: Any,
+                   seed: int) -> tuple[dict[str, Any], dict[str, Lambda]]:
     """A rule-set document and, by rule key, its condition as a lambda."""
     rng = random.Random(seed)
     kinds = [k for k, _ in TRIGGER_WEIGHTS]
@@ -166,11 +176,11 @@ def generate_rules(count: int, clinics: tuple[str, ...], workflow: Any, seed: in
             scope["specialty"] = rng.choice(SPECIALTIES)
         elif roll < 0.7:
             scope["specialty"] = rng.sample(SPECIALTIES, 2)
-        if rng.random() < 0.4:
+        if rng.random() < clinic_share:
             scope["clinic"] = rng.choice(clinics)
         if scope:
             rule["scope"] = scope
-            if general and rng.random() < 0.03:
+            if general and "clinic" in scope and rng.random() < 0.03:
                 rule["replaces"] = rng.choice(general)
         else:
             general.append(key)
@@ -313,20 +323,27 @@ def brute_force(rulesets: Iterable[Any], s: Sample) -> list[str]:
     return keys
 
 
-def timed(samples: list[Sample], fn: Callable[[int, Sample], Any]) -> list[float]:
-    clock = time.perf_counter
-    out = []
+def timed(samples: list[Sample], fn: Callable[[int, Sample], Any]
+          ) -> tuple[list[float], list[float]]:
+    """(CPU seconds of this thread, wall seconds) per event."""
+    cpu, wall = time.thread_time, time.perf_counter
+    cpus, walls = [], []
     gc.collect()
     for i, s in enumerate(samples):
-        t0 = clock()
+        c0, w0 = cpu(), wall()
         fn(i, s)
-        out.append(clock() - t0)
-    return out
+        w1, c1 = wall(), cpu()
+        cpus.append(c1 - c0)
+        walls.append(w1 - w0)
+    return cpus, walls
 
 
 @dataclass
 class Figures:
+    """CPU time per event for every side, and careloop's wall time."""
+
     careloop: list[float]
+    careloop_wall: list[float]
     lambdas: list[float]
     cel_shared: list[float]
     cel_dict: list[float]
@@ -336,24 +353,25 @@ class Figures:
 
 
 def measure(rulesets: list[Any], lambdas: dict[str, Lambda], samples: list[Sample],
-            warmup: int) -> Figures:
+            warmup: int, checked: int = 1000) -> Figures:
     import cel
 
     step = careloop_step(rulesets)
-    plans = [step(s) for s in samples]  # untimed: which rules each event evaluates
+    for s in samples[:warmup]:
+        step(s)
+    plans: list[list[Any]] = []
+    careloop, careloop_wall = timed(samples, lambda i, s: plans.append(step(s)))
     index_mismatches = sum(
         [r.key for r in plans[i]] != brute_force(rulesets, s)
-        for i, s in enumerate(samples[:2000]))
+        for i, s in enumerate(samples[:checked]))
     conds = [[r.condition for r in plan if r.condition is not None] for plan in plans]
     fns = [[lambdas[r.key] for r in plan if r.condition is not None] for plan in plans]
     programs = [[cond._program for cond in cs] for cs in conds]
     mismatches = 0
-    for i, s in enumerate(samples[:2000]):
+    for i, s in enumerate(samples[:checked]):
         view = s.case.activation(NOW)
         for cond, fn in zip(conds[i], fns[i], strict=True):
             mismatches += cond.evaluate(view) != fn(view["case"])
-    for s in samples[:warmup]:
-        step(s)
 
     def lambda_side(i: int, s: Sample) -> None:
         if fns[i]:
@@ -372,10 +390,11 @@ def measure(rulesets: list[Any], lambdas: dict[str, Lambda], samples: list[Sampl
             program.execute(dict(s.case.activation(NOW)))
 
     return Figures(
-        careloop=timed(samples, lambda i, s: step(s)),
-        lambdas=timed(samples, lambda_side),
-        cel_shared=timed(samples, cel_shared_side),
-        cel_dict=timed(samples, cel_dict_side),
+        careloop=careloop,
+        careloop_wall=careloop_wall,
+        lambdas=timed(samples, lambda_side)[0],
+        cel_shared=timed(samples, cel_shared_side)[0],
+        cel_dict=timed(samples, cel_dict_side)[0],
         evaluated=[len(p) for p in plans],
         mismatches=mismatches,
         index_mismatches=index_mismatches,
@@ -383,12 +402,13 @@ def measure(rulesets: list[Any], lambdas: dict[str, Lambda], samples: list[Sampl
 
 
 def timer_scan_us(rulesets: list[Any], rounds: int = 2000) -> float:
-    """``RuleSet.timer_rules()`` as ``replan_state_timers`` calls it per transition event."""
-    t0 = time.perf_counter()
+    """CPU time of ``RuleSet.timer_rules()``, which ``replan_state_timers`` calls per
+    transition event (and ``replan_field_timers`` per created or updated event)."""
+    t0 = time.thread_time()
     for _ in range(rounds):
         for ruleset in rulesets:
             ruleset.timer_rules()
-    return (time.perf_counter() - t0) / rounds * 1e6
+    return (time.thread_time() - t0) / rounds * 1e6
 
 
 def ms(values: list[float], p: float) -> float:
@@ -397,7 +417,8 @@ def ms(values: list[float], p: float) -> float:
 
 def report(label: str, f: Figures) -> None:
     mean_eval = sum(f.evaluated) / len(f.evaluated)
-    c.line(f"{label}: careloop per event", c.latency_ms(f.careloop))
+    c.line(f"{label}: careloop per event, CPU", c.latency_ms(f.careloop))
+    c.line("   careloop per event, wall clock", c.latency_ms(f.careloop_wall))
     c.line("   conditions evaluated per event",
            f"mean {mean_eval:.1f}, p99 {c.percentile(f.evaluated, 99):.0f}, "
            f"max {max(f.evaluated)}")
@@ -410,7 +431,7 @@ def report(label: str, f: Figures) -> None:
                  c.percentile(f.cel_shared, 99), higher_is_better=False)
     checks = (f"index vs full scan: {f.index_mismatches} mismatching events; "
               f"CEL vs lambda: {f.mismatches} mismatching results")
-    c.line("   checks (first 2,000 events)", checks)
+    c.line("   checks (first 1,000 events)", checks)
 
 
 def run_spread(spread: str, sizes: tuple[int, ...], events: int, warmup: int) -> None:
@@ -420,8 +441,8 @@ def run_spread(spread: str, sizes: tuple[int, ...], events: int, warmup: int) ->
     figures: dict[int, Figures] = {}
     print(f"-- spread '{spread}': {events:,} events per size --")
     for size in sizes:
-        clinics = clinics_for(spread, size)
-        document, lambdas = generate_rules(size, clinics, workflow, seed=size)
+        clinics, clinic_share = clinics_for(spread, size)
+        document, lambdas = generate_rules(size, clinics, clinic_share, workflow, seed=size)
         t0 = time.perf_counter()
         rulesets = build_rulesets(document, workflow)
         load = time.perf_counter() - t0
@@ -434,7 +455,7 @@ def run_spread(spread: str, sizes: tuple[int, ...], events: int, warmup: int) ->
                f"({fits} the {MAX_DEFINITION_BYTES / 1e6:.0f} MB definition limit)")
         figures[size] = measure(rulesets, lambdas, samples, warmup)
         report(f"{size:,} rules", figures[size])
-        c.line("   + timer_rules() scan per transition event",
+        c.line("   + timer_rules() scan per transition event, CPU",
                f"{timer_scan_us(rulesets):.0f} us (replan_state_timers; O(rules))")
         if nbytes > MAX_DEFINITION_BYTES:
             parts = -(-nbytes // (MAX_DEFINITION_BYTES * 9 // 10))
@@ -442,8 +463,8 @@ def run_spread(spread: str, sizes: tuple[int, ...], events: int, warmup: int) ->
             step = careloop_step(split)
             for s in samples[:warmup]:
                 step(s)
-            lat = timed(samples, lambda i, s, step=step: step(s))
-            c.line(f"   same rules as {parts} stored-size sets", c.latency_ms(lat))
+            lat, _ = timed(samples, lambda i, s, step=step: step(s))
+            c.line(f"   same rules as {parts} stored-size sets, CPU", c.latency_ms(lat))
     if len(sizes) == 2:
         small, big = sizes
         p99_small, p99_big = (c.percentile(figures[n].careloop, 99) for n in sizes)
@@ -460,14 +481,14 @@ def run_spread(spread: str, sizes: tuple[int, ...], events: int, warmup: int) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spread", choices=("locations", "fixed", "both"), default="both")
-    parser.add_argument("--events", type=int, default=None, help="events per size (20,000)")
+    parser.add_argument("--events", type=int, default=None, help="events per size (5,000)")
     args = c.parse_args(__doc__, parser)
-    events = args.events or (2_000 if args.quick else 20_000)
+    events = args.events or (300 if args.quick else 5_000)
     sizes = (1_000, 10_000)
     c.header("rule evaluation per event, careloop vs bare condition evaluation")
     for spread in ("locations", "fixed"):
         if args.spread in (spread, "both"):
-            run_spread(spread, sizes, events, warmup=min(1000, events // 4))
+            run_spread(spread, sizes, events, warmup=min(500, events // 4))
 
 
 if __name__ == "__main__":

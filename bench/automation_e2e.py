@@ -1,0 +1,494 @@
+"""Transitions that fire ten automation rules, end to end, vs the same writes by hand.
+
+Setup (not timed): a fresh database (PostgreSQL schema, or SQLite file with
+``--backend sqlite``), migrated; a rule set of ten rules on
+``{on: transitioned, to: documentation_review}`` (five ``set_field``, five
+``create_task``, six with a CEL condition that holds) stored as a new version of the
+shipped ``referral-automation`` key through ``app.automation.store(..., activate=True)``,
+so exactly these ten rules are active; R referrals (default 1,000) created through
+``create_referral`` and their ``case.created`` events relayed until idle.
+
+careloop (timed): all R referrals moved by ``transition_case(..., 'begin_review')`` from
+T threads (default 4), then the outbox relayed until idle by W relay threads (default 2;
+each its own ``build_worker`` handlers: event log, Automation, integrations) calling
+``relay_once`` like the worker's relay loop. The rule effects run in the relay:
+per rule a savepoint, its actions through the write path (case update + audit, or task
++ audit), its outbox events and its automation_runs row; the events the rules cause
+(case.updated, case.task_added) are relayed too. Total = transitions + relay.
+
+raw baseline (timed the same way, same T threads on PostgreSQL, one thread on SQLite):
+copies of cases, case_history, tasks, audit_log and outbox as they were before the timed
+run (same columns, indexes and rows; a second schema, or a copy of the SQLite file); per
+referral ONE transaction through the bare driver (psycopg 3 or sqlite3 with careloop's
+pragmas): UPDATE the case (state, version, data), INSERT its history row, INSERT ten
+effect rows (tasks), INSERT one audit row and one outbox row, COMMIT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as c
+
+RULES = """\
+kind: rules
+key: referral-automation
+version: 90001
+case_type: referral
+title: Benchmark - ten rules on documentation review
+rules:
+  - key: review-queue
+    trigger: {on: transitioned, to: documentation_review}
+    actions: [{set_field: {field: queue, value: documentation-review}}]
+  - key: review-team
+    trigger: {on: transitioned, to: documentation_review}
+    when: "case.clinic != ''"
+    actions: [{set_field: {field: team, value: intake-team}}]
+  - key: review-priority
+    trigger: {on: transitioned, to: documentation_review}
+    when: "size(case.diagnoses) > 0"
+    actions: [{set_field: {field: priority, value: high}}]
+  - key: review-group-number
+    trigger: {on: transitioned, to: documentation_review}
+    actions: [{set_field: {field: payer.group_number, value: G-100}}]
+  - key: review-specialist
+    trigger: {on: transitioned, to: documentation_review}
+    when: "case.specialty != ''"
+    actions: [{set_field: {field: specialist, value: dr.bench}}]
+  - key: task-demographics
+    trigger: {on: transitioned, to: documentation_review}
+    actions:
+      - create_task: {title: "Check demographics of {{ patient.family_name }}", due: 4 hours}
+  - key: task-insurance
+    trigger: {on: transitioned, to: documentation_review}
+    when: "case.network_status == 'in_network'"
+    actions: [{create_task: {title: "Verify {{ payer.name }} coverage", due: 1 business_days}}]
+  - key: task-letter
+    trigger: {on: transitioned, to: documentation_review}
+    when: "!('referral_letter' in case.document_types)"
+    actions: [{create_task: {title: "Request the referral letter", due: 2 hours}}]
+  - key: task-diagnoses
+    trigger: {on: transitioned, to: documentation_review}
+    actions: [{create_task: {title: "Review diagnoses", due: 8 hours}}]
+  - key: task-contact
+    trigger: {on: transitioned, to: documentation_review}
+    when: "case.age_hours >= 0.0"
+    actions: [{create_task: {title: "Confirm contact {{ patient.phone }}", due: 1 days}}]
+"""
+RULE_COUNT, TASK_RULES, FIELD_RULES = 10, 5, 5
+COPIED = ("cases", "case_history", "tasks", "audit_log", "outbox")
+COUNTED = ("cases", "case_history", "tasks", "audit_log", "outbox", "automation_runs",
+           "timers", "notifications")
+
+
+def _actor() -> Any:
+    from careloop.domain.access import Actor
+
+    return Actor(user_id=1, username="bench", roles=frozenset({"administrator"}),
+                 source_address="127.0.0.1")
+
+
+def _in_threads(threads: int, items: list[Any], fn: Callable[[Any], Any]) -> list[float]:
+    """Run ``fn`` over ``items`` from ``threads`` threads; returns per-item latencies."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    source = iter(items)
+
+    def worker() -> None:
+        mine = []
+        while True:
+            with lock:
+                item = next(source, None)
+            if item is None:
+                break
+            t0 = time.perf_counter()
+            fn(item)
+            mine.append(time.perf_counter() - t0)
+        with lock:
+            latencies.extend(mine)
+
+    with ThreadPoolExecutor(threads) as pool:
+        for future in [pool.submit(worker) for _ in range(threads)]:
+            future.result()
+    return latencies
+
+
+# --- careloop -------------------------------------------------------------------------
+
+
+class StatementClock:
+    """Time spent in statements whose SQL starts with a given prefix (SQLAlchemy events;
+    statements careloop sends straight to the driver are not seen)."""
+
+    def __init__(self, engine: Any, prefixes: dict[str, str]) -> None:
+        self.engine, self.prefixes = engine, prefixes
+        self.spent = {label: [0, 0.0, 0.0] for label in prefixes}
+
+    def _before(self, conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        conn.info["bench_t0"] = time.perf_counter()
+
+    def _after(self, conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        for label, prefix in self.prefixes.items():
+            if sql.startswith(prefix):
+                took = time.perf_counter() - conn.info["bench_t0"]
+                entry = self.spent[label]
+                entry[0], entry[1], entry[2] = entry[0] + 1, entry[1] + took, max(entry[2], took)
+
+    def __enter__(self) -> StatementClock:
+        from sqlalchemy import event
+
+        event.listen(self.engine, "before_cursor_execute", self._before)
+        event.listen(self.engine, "after_cursor_execute", self._after)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from sqlalchemy import event
+
+        event.remove(self.engine, "before_cursor_execute", self._before)
+        event.remove(self.engine, "after_cursor_execute", self._after)
+
+
+def counts(app: Any) -> dict[str, int]:
+    with app.engine.connect() as connection:
+        return {t: connection.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar_one()
+                for t in COUNTED}
+
+
+def relay_until_idle(app: Any, threads: int) -> int:
+    """W relay loops (each with its own worker's handlers) until nothing is claimable."""
+    from careloop.bootstrap import build_worker
+    from careloop.engine.outbox import relay_once
+
+    workers = [build_worker(app) for _ in range(threads)]
+    idle = [False] * threads
+    total = [0] * threads
+    lock = threading.Lock()
+    placeholder = "?" if app.engine.dialect.name == "sqlite" else "%s"
+    ready = ("SELECT count(*) FROM outbox WHERE published_at IS NULL AND dead_at IS NULL "
+             f"AND available_at <= {placeholder}")
+
+    def loop(i: int) -> None:
+        worker = workers[i]
+        while True:
+            done = relay_once(worker.uow, worker.clock, worker.handlers, worker.relay_batch)
+            total[i] += done
+            with lock:
+                idle[i] = not done
+                everyone_idle = all(idle)
+            if done:
+                continue
+            if everyone_idle:
+                now = worker.clock.now()
+                if app.engine.dialect.name == "sqlite":
+                    now = now.strftime("%Y-%m-%d %H:%M:%S.%f")
+                with app.engine.connect() as connection:
+                    if not connection.exec_driver_sql(ready, (now,)).scalar_one():
+                        return
+            time.sleep(0.002)
+
+    with ThreadPoolExecutor(threads) as pool:
+        for future in [pool.submit(loop, i) for i in range(threads)]:
+            future.result()
+    return sum(total)
+
+
+def setup_careloop(url: str, referrals: int, threads: int) -> tuple[Any, list[tuple[int, int]]]:
+    from careloop.services.cases import create_referral
+    from careloop.services.referral_input import validate_referral
+
+    app = c.build_app(url, db_pool_size=max(4, threads + 2))
+    _, key, version, _ = app.automation.store(RULES, "bench/automation_e2e.py", "bench",
+                                                 app.deps.clock.now(), activate=True)
+    active = app.automation.current().rulesets["referral"]
+    assert [(r.key, r.version) for r in active] == [(key, version)], active
+    assert len(active[0].rules) == RULE_COUNT
+    actor = _actor()
+    inputs = [validate_referral(c.referral_payload(i)) for i in range(referrals)]
+    _in_threads(threads, inputs, lambda r: create_referral(app.deps, actor, r))
+    relay_until_idle(app, 2)
+    with app.engine.connect() as connection:
+        rows = connection.exec_driver_sql(
+            "SELECT id, version FROM cases WHERE state = 'intake_received' ORDER BY id").all()
+    return app, [(int(i), int(v)) for i, v in rows]
+
+
+def run_careloop(app: Any, cases: list[tuple[int, int]], threads: int, relay_threads: int
+                 ) -> dict[str, Any]:
+    from careloop.services.cases import transition_case
+
+    actor = _actor()
+    before = counts(app)
+    t0 = time.perf_counter()
+    latencies = _in_threads(threads, cases, lambda case: transition_case(
+        app.deps, actor, case[0], "begin_review", case[1]))
+    t1 = time.perf_counter()
+    prefixes = {"claim": "SELECT outbox.id", "savepoint": "SAVEPOINT"}
+    with StatementClock(app.engine, prefixes) as statements:
+        relayed = relay_until_idle(app, relay_threads)
+    t2 = time.perf_counter()
+    after = counts(app)
+    return {"transitions": t1 - t0, "relay": t2 - t1, "total": t2 - t0, "latencies": latencies,
+            "relayed": relayed, "written": {t: after[t] - before[t] for t in COUNTED},
+            "statements": statements.spent}
+
+
+def check_effects(app: Any, cases: list[tuple[int, int]]) -> list[str]:
+    """Every referral moved, every rule applied once, nothing pending or dead."""
+    problems = []
+    ids = [i for i, _ in cases]
+    with app.engine.connect() as connection:
+        def scalar(sql: str) -> int:
+            return int(connection.exec_driver_sql(sql).scalar_one())
+
+        low, high = min(ids), max(ids)
+        span = f"case_id BETWEEN {low} AND {high}"
+        moved = scalar("SELECT count(*) FROM cases WHERE state = 'documentation_review' "
+                       f"AND id BETWEEN {low} AND {high}")
+        applied = scalar("SELECT count(*) FROM automation_runs WHERE outcome = 'applied' "
+                         f"AND event_type = 'case.transitioned' AND {span}")
+        other = scalar("SELECT count(*) FROM automation_runs WHERE outcome <> 'applied' "
+                       f"AND event_type = 'case.transitioned' AND {span}")
+        tasks = scalar(f"SELECT count(*) FROM tasks WHERE {span}")
+        pending = scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        failed = scalar("SELECT count(*) FROM outbox WHERE last_error IS NOT NULL")
+        queue = scalar("SELECT count(*) FROM cases WHERE data LIKE '%documentation-review%'"
+                       if app.engine.dialect.name == "sqlite" else
+                       "SELECT count(*) FROM cases WHERE data->>'queue' = "
+                       "'documentation-review'")
+    expected = len(ids)
+    if moved != expected:
+        problems.append(f"{moved}/{expected} referrals in documentation_review")
+    if applied != expected * RULE_COUNT:
+        problems.append(f"{applied} rule runs applied, expected {expected * RULE_COUNT}")
+    if other:
+        problems.append(f"{other} rule runs not applied (skipped/failed/stopped)")
+    if tasks != expected * TASK_RULES:
+        problems.append(f"{tasks} tasks, expected {expected * TASK_RULES}")
+    if queue != expected:
+        problems.append(f"{queue} referrals with queue set, expected {expected}")
+    if pending or failed:
+        problems.append(f"outbox: {pending} pending, {failed} with an error")
+    return problems
+
+
+# --- raw ----------------------------------------------------------------------------------
+
+
+class RawTransition:
+    """One referral's transition and its rule effects, written the way a hand-written data
+    layer would: one transaction, one statement per row (the ten effect rows in one
+    executemany)."""
+
+    def __init__(self, p: str, json_param: Callable[[Any], Any], ts: Callable[[datetime], Any],
+                 chain: int) -> None:
+        self.p, self._json, self._ts, self.chain, self.seq = p, json_param, ts, chain, 0
+        self.update_case = (
+            f"UPDATE cases SET state = {p}, version = version + 1, data = {p}, "
+            f"updated_at = {p}, state_entered_at = {p} WHERE id = {p} AND version = {p}")
+        self.insert_history = (
+            "INSERT INTO case_history (case_id, from_state, to_state, transition, actor_id, "
+            f"actor_name, reason, occurred_at) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})")
+        self.insert_task = (
+            "INSERT INTO tasks (case_id, title, status, assignee, due_at, created_by, "
+            f"created_at) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p})")
+        self.insert_audit = (
+            "INSERT INTO audit_log (chain, seq, occurred_at, actor_id, actor_name, action, "
+            "outcome, case_id, patient_ref, data_category, source_address, reason, detail, "
+            f"prev_hash, hash) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, "
+            f"{p}, {p}, {p}, {p})")
+        self.insert_outbox = (
+            "INSERT INTO outbox (case_id, event_type, payload, idempotency_key, created_at, "
+            f"available_at, attempts) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p})")
+        self.data = {**c.referral_payload(0), "queue": "documentation-review",
+                     "team": "intake-team", "priority": "high", "specialist": "dr.bench"}
+
+    def statements(self, case_id: int, version: int) -> list[tuple[str, Any, bool]]:
+        now = self._ts(datetime.now(UTC))
+        self.seq += 1
+        detail = json.dumps({"transition": "begin_review"})
+        tasks = [(case_id, f"Rule task {n}", "open", None, now, 0, now) for n in range(10)]
+        event = {"case_id": case_id, "state": "documentation_review", "version": version + 1,
+                 "from": "intake_received", "to": "documentation_review"}
+        return [
+            (self.update_case, (("documentation_review", self._json(self.data), now, now,
+                                 case_id, version)), False),
+            (self.insert_history, (case_id, "intake_received", "documentation_review",
+                                   "begin_review", 1, "bench", "", now), False),
+            (self.insert_task, tasks, True),
+            (self.insert_audit, (self.chain, self.seq, now, 1, "bench", "case.transition",
+                                 "success", case_id, f"MRN{case_id}", "administrative",
+                                 "", "", detail, "0" * 64, "f" * 64), False),
+            (self.insert_outbox, (case_id, "case.transitioned", self._json(event),
+                                  f"case:{case_id}:v{version + 1}:0:case.transitioned", now,
+                                  now, 0), False),
+        ]
+
+
+def run_raw_pg(url: str, cases: list[tuple[int, int]], threads: int) -> dict[str, Any]:
+    import psycopg
+    from psycopg.types.json import Json
+
+    local = threading.local()
+    chains = iter(range(1000, 2000))
+    connections: list[Any] = []
+
+    def step(case: tuple[int, int]) -> None:
+        if not hasattr(local, "connection"):
+            local.connection = psycopg.connect(c.pg_conninfo(url))
+            local.raw = RawTransition("%s", Json, lambda moment: moment, next(chains))
+            connections.append(local.connection)
+        cursor = local.connection.cursor()
+        for sql, params, many in local.raw.statements(*case):
+            if many:
+                cursor.executemany(sql, params)
+            else:
+                cursor.execute(sql, params)
+        local.connection.commit()
+
+    t0 = time.perf_counter()
+    latencies = _in_threads(threads, cases, step)
+    total = time.perf_counter() - t0
+    for connection in connections:
+        connection.close()
+    return {"total": total, "latencies": latencies}
+
+
+def run_raw_sqlite(path: Path, cases: list[tuple[int, int]]) -> dict[str, Any]:
+    connection = c.sqlite_connect(path)
+    raw = RawTransition("?", json.dumps, lambda m: m.strftime("%Y-%m-%d %H:%M:%S.%f"), 1000)
+
+    def step(case: tuple[int, int]) -> None:
+        connection.execute("BEGIN IMMEDIATE")
+        for sql, params, many in raw.statements(*case):
+            if many:
+                connection.executemany(sql, params)
+            else:
+                connection.execute(sql, params)
+        connection.execute("COMMIT")
+
+    t0 = time.perf_counter()
+    latencies = _in_threads(1, cases, step)
+    total = time.perf_counter() - t0
+    connection.close()
+    return {"total": total, "latencies": latencies}
+
+
+@contextmanager
+def raw_pg_copy(url: str) -> Iterator[str]:
+    """A second schema with copies of the written tables and their rows (as they are
+    before the timed run)."""
+    import psycopg
+
+    source = url.rsplit("%3D", 1)[1]
+    with c.pg_schema("bench_e2e_raw") as raw_url:
+        target = raw_url.rsplit("%3D", 1)[1]
+        with psycopg.connect(c.pg_conninfo(url), autocommit=True) as connection:
+            for table in COPIED:
+                connection.execute(f'CREATE TABLE "{target}".{table} '
+                                   f'(LIKE "{source}".{table} INCLUDING ALL)')
+                connection.execute(f'INSERT INTO "{target}".{table} '
+                                   f'SELECT * FROM "{source}".{table}')
+                connection.execute(f'ANALYZE "{target}".{table}')
+        yield raw_url
+
+
+def raw_sqlite_copy(path: Path, target: Path) -> None:
+    """A copy of the careloop database as it is before the timed run."""
+    import sqlite3
+
+    with sqlite3.connect(path) as source, sqlite3.connect(target) as copy:
+        source.backup(copy)  # includes what is still in the WAL
+
+
+# --- driver ---------------------------------------------------------------------------------
+
+
+def report(ours: dict[str, Any], raw: dict[str, Any], referrals: int, threads: int,
+           relay_threads: int, backend: str) -> None:
+    c.line(f"careloop: {referrals:,} transitions, {threads} threads",
+           f"{ours['transitions']:.2f} s  ({c.latency_ms(ours['latencies'])})")
+    c.line(f"careloop: relay until idle, {relay_threads} threads",
+           f"{ours['relay']:.2f} s  ({ours['relayed']:,} events)")
+    claims, savepoints = ours["statements"]["claim"], ours["statements"]["savepoint"]
+    c.line("   in relay: claim queries (summed over threads)",
+           f"{claims[1]:.2f} s ({claims[0]} claims, slowest {claims[2]:.2f} s)")
+    c.line("   in relay: SAVEPOINT statements",
+           f"{savepoints[1]:.2f} s ({savepoints[0]:,}; RELEASE not counted)")
+    c.target_line("careloop total, target < 1 s", ours["total"] < 1.0,
+                  f"{ours['total']:.2f} s")
+    written = ", ".join(f"{t} {n:,}" for t, n in ours["written"].items() if n)
+    c.line("   rows careloop wrote (net)", written)
+    label = f"raw {backend}: 1 tx per referral, 14 rows"
+    c.line(label, f"{raw['total']:.2f} s  ({c.latency_ms(raw['latencies'])})")
+    c.ratio_line("ratio careloop / raw (total time)", ours["total"], raw["total"],
+                 higher_is_better=False)
+    c.ratio_line("throughput careloop / raw", referrals / ours["total"],
+                 referrals / raw["total"])
+
+
+def bench_postgres(referrals: int, threads: int, relay_threads: int) -> None:
+    print(f"-- PostgreSQL: {referrals:,} referrals, {RULE_COUNT} rules on "
+          "documentation_review --")
+    problem = c.pg_problem()
+    if problem:
+        print(f"   skipped: PostgreSQL unreachable ({problem})")
+        return
+    with c.pg_schema("bench_e2e") as url:
+        app, cases = setup_careloop(url, referrals, threads)
+        try:
+            with raw_pg_copy(url) as raw_url:
+                ours = run_careloop(app, cases, threads, relay_threads)
+                problems = check_effects(app, cases)
+                raw = run_raw_pg(raw_url, cases, threads)
+        finally:
+            app.engine.dispose()
+    report(ours, raw, referrals, threads, relay_threads, "psycopg")
+    c.line("   effects check", "; ".join(problems) if problems else "all rule effects present")
+
+
+def bench_sqlite(referrals: int, threads: int, relay_threads: int) -> None:
+    print(f"-- SQLite (WAL, synchronous=FULL): {referrals:,} referrals, {RULE_COUNT} rules on "
+          "documentation_review --")
+    with c.temp_dir("careloop-bench-e2e-") as tmp:
+        path = tmp / "careloop.db"
+        app, cases = setup_careloop(f"sqlite:///{path}", referrals, threads)
+        raw_sqlite_copy(path, tmp / "raw.db")
+        try:
+            ours = run_careloop(app, cases, threads, relay_threads)
+            problems = check_effects(app, cases)
+        finally:
+            app.engine.dispose()
+        raw = run_raw_sqlite(tmp / "raw.db", cases)
+    report(ours, raw, referrals, threads, relay_threads, "sqlite3 (1 thread)")
+    c.line("   effects check", "; ".join(problems) if problems else "all rule effects present")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=("postgres", "sqlite", "both"), default="postgres")
+    parser.add_argument("--referrals", type=int, default=None, help="default 1,000")
+    parser.add_argument("--threads", type=int, default=4, help="transition threads")
+    parser.add_argument("--relay-threads", type=int, default=2)
+    args = c.parse_args(__doc__, parser)
+    referrals = args.referrals or (100 if args.quick else 1_000)
+    c.header("automation end to end: transitions + rule effects vs raw writes")
+    if args.backend in ("postgres", "both"):
+        bench_postgres(referrals, args.threads, args.relay_threads)
+    if args.backend in ("sqlite", "both"):
+        bench_sqlite(referrals, args.threads, args.relay_threads)
+
+
+if __name__ == "__main__":
+    main()
