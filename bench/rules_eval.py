@@ -296,8 +296,9 @@ def careloop_step(rulesets: Iterable[Any]) -> Callable[[Sample], list[Any]]:
                                             str(data.get("clinic", "")))
             candidates = [r for r in candidates
                           if _trigger_matches(r, s.kind, s.payload, s.case)]
+            # As Automation._run_ruleset does: one activation per event, shared by its rules.
+            activation = s.case.activation(NOW) if candidates else None
             for rule in candidates:
-                activation = s.case.activation(NOW)
                 _evaluate(rule.condition, activation)
                 evaluated.append(rule)
         return evaluated

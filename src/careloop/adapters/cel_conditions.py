@@ -8,6 +8,7 @@ operator/type mismatches before a definition can load.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,14 +23,35 @@ _SAMPLES: dict[str, Any] = {"string": "x", "list": ["x"], "int": 1, "double": 1.
 MAX_EXPRESSION_LENGTH = 2000
 
 
+class _Prepared(threading.local):
+    """The CEL context of the activation evaluated last, per thread. The library converts
+    a Python dict into CEL values on every call; an event's rules all see the same
+    activation, so converting it once makes each further condition nearly free."""
+
+    activation: object = None
+    context: Any = None
+
+
+_PREPARED = _Prepared()
+
+
+def _context_for(activation: Mapping[str, object]) -> Any:
+    if _PREPARED.activation is not activation:
+        _PREPARED.context = cel.Context(variables=dict(activation))
+        _PREPARED.activation = activation
+    return _PREPARED.context
+
+
 class CelCondition:
     def __init__(self, source: str, program: Any) -> None:
         self.source = source
         self._program = program
 
     def evaluate(self, activation: Mapping[str, object]) -> bool:
+        """Evaluate against ``activation``; callers must not mutate an activation they
+        have evaluated with (it is converted once and reused while it is the latest)."""
         try:
-            result = self._program.execute(dict(activation))
+            result = self._program.execute(_context_for(activation))
         except Exception as error:  # the library raises KeyError, TypeError, ValueError...
             raise ConditionError(f"{type(error).__name__}: {error}") from error
         if not isinstance(result, bool):

@@ -137,8 +137,10 @@ class RuleSet:
     supervisors: Mapping[str, str] = field(default_factory=dict)  # clinic -> username
     source: str = ""
     _index: dict[tuple[str, str, str], list[Rule]] = field(default_factory=dict, repr=False)
+    _timer_rules: tuple[Rule, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
+        self._timer_rules = tuple(r for r in self.rules if r.trigger.kind is TriggerKind.TIMER)
         for rule in self.rules:
             for discriminator in rule.trigger.discriminators():
                 for specialty in rule.specialties or {ANY}:
@@ -163,8 +165,8 @@ class RuleSet:
             found[position] for position in sorted(found) if found[position].key not in replaced
         ]
 
-    def timer_rules(self) -> list[Rule]:
-        return [rule for rule in self.rules if rule.trigger.kind is TriggerKind.TIMER]
+    def timer_rules(self) -> tuple[Rule, ...]:
+        return self._timer_rules
 
     def find(self, key: str) -> Rule | None:
         return next((rule for rule in self.rules if rule.key == key), None)

@@ -124,8 +124,12 @@ class Automation:
         if depth >= ruleset.max_chain_depth:
             self._stop_chain(work, ruleset, candidates, case, event, depth, now)
             return case
+        activation = case.activation(now)  # one per event: conditions share its conversion
         for rule in candidates:
-            case = self._run_rule(work, config, ruleset, rule, case, event, depth, now)
+            version = case.version
+            case = self._run_rule(work, config, ruleset, rule, case, event, depth, now, activation)
+            if case.version != version:
+                activation = case.activation(now)  # a rule changed the case: later rules see it
         return case
 
     def _run_rule(
@@ -138,6 +142,7 @@ class Automation:
         event: Mapping[str, Any],
         depth: int,
         now: datetime,
+        activation: dict[str, object],
     ) -> Case:
         event_key = str(event["idempotency_key"])
         run: dict[str, Any] = {
@@ -153,7 +158,6 @@ class Automation:
             "error": None,
             "created_at": now,
         }
-        activation = case.activation(now)
         inputs, passed, problem = _evaluate(rule.condition, activation)
         run["inputs"] = inputs
         if not passed:
