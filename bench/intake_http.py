@@ -91,15 +91,14 @@ def _serve(kind: str, db_path: str, port: int, outbox_worker: bool, log_path: st
 
     if kind == "careloop":
         from careloop.api.app import create_app
-        from careloop.engine.outbox import OutboxWorker, log_event
+        from careloop.bootstrap import build_worker
 
         # What `careloop serve` does, with its INFO log in a file instead of the terminal.
         logging.basicConfig(filename=log_path, level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s %(message)s")
         app = c.build_app(f"sqlite:///{db_path}", migrate=False)
         if outbox_worker:
-            OutboxWorker(app.deps.uow, app.deps.clock, [log_event],
-                         app.settings.worker_poll_seconds).start()
+            build_worker(app).start()  # relay, rules, timers, webhooks: as in `careloop serve`
         api = create_app(app)
     else:
         api = _baseline_app(db_path if kind == "fastapi+sqlite" else None)
