@@ -3,10 +3,9 @@
 careloop: ``careloop.services.cases.create_referral`` — one transaction writing the case
 row, a case_history row, a hash-chained audit_log row (+ its audit_heads row, advanced
 by a conditional UPDATE from where this thread left it, or locked and read when another
-writer moved it), and an outbox row, after looking up the
-latest workflow definition (cached in memory for a few seconds). Referrals are
-validated once up front (validation is the API layer's cost, measured by
-bench/intake_http.py).
+writer moved it), and an outbox row, after looking up the latest workflow definition
+(cached in memory for a few seconds). Referrals are validated once up front
+(validation is the API layer's cost, measured by bench/intake_http.py).
 
 raw baseline: the same three INSERTs per transaction (case with a JSON payload, audit
 row, outbox row) through the bare driver: ``sqlite3`` with careloop's pragmas (WAL,
