@@ -1,11 +1,11 @@
 """Intake through the service layer vs raw driver INSERTs, on SQLite and PostgreSQL.
 
 careloop: ``careloop.services.cases.create_referral`` — one transaction writing the case
-row, a case_history row, a hash-chained audit_log row (+ its audit_heads row, locked
-with SELECT ... FOR UPDATE on PostgreSQL), and an outbox row, after looking up the
-latest workflow definition (cached in memory for a few seconds). Referrals are
-validated once up front (validation is the API layer's cost, measured by
-bench/intake_http.py).
+row, a case_history row, a hash-chained audit_log row (+ its audit_heads row, advanced
+by a conditional UPDATE from where this thread left it, or locked and read when another
+writer moved it), and an outbox row, after looking up the latest workflow definition
+(cached in memory for a few seconds). Referrals are validated once up front
+(validation is the API layer's cost, measured by bench/intake_http.py).
 
 raw baseline: the same three INSERTs per transaction (case with a JSON payload, audit
 row, outbox row) through the bare driver: ``sqlite3`` with careloop's pragmas (WAL,
@@ -281,8 +281,8 @@ def bench_sqlite(rounds: int, seconds: float, warmup: int) -> None:
     c.line("careloop create_referral", ours.text())
     c.line("raw sqlite3, 3 INSERTs per tx", theirs.text())
     c.ratio_line("ratio careloop / raw", ours.tps, theirs.tps, target_pct=50)
-    # careloop's transaction: BEGIN IMMEDIATE, case, history, audit head read, audit row,
-    # audit head update, outbox, COMMIT (raw: BEGIN, 3 INSERTs, COMMIT).
+    # careloop's transaction: BEGIN IMMEDIATE, case, history, audit head advance, audit
+    # row, outbox, COMMIT (raw: BEGIN, 3 INSERTs, COMMIT).
 
 
 # --- (b) PostgreSQL --------------------------------------------------------------------
@@ -374,9 +374,8 @@ def bench_postgres(clients: int, rounds: int, seconds: float, warmup: int) -> No
     c.line("careloop create_referral", ours.text())
     c.line("raw psycopg 3, 3 INSERTs per tx", theirs.text())
     c.ratio_line("ratio careloop / raw", ours.tps, theirs.tps, target_pct=50)
-    # careloop's transaction: case + first history row (one statement), audit head read
-    # (FOR UPDATE), audit row + head update (one statement), outbox, COMMIT
-    # (raw: 3 INSERTs, COMMIT).
+    # careloop's transaction: case + first history row (one statement), audit row + head
+    # advance (one statement), outbox, COMMIT (raw: 3 INSERTs, COMMIT).
 
 
 def main() -> None:

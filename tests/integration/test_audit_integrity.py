@@ -8,10 +8,13 @@ from typer.testing import CliRunner
 
 from careloop.adapters.db.audit_store import verify_audit_log
 from careloop.adapters.db.tables import audit_log
-from careloop.bootstrap import App
+from careloop.bootstrap import App, build
 from careloop.cli import cli
+from careloop.config import Settings
 from careloop.services import queries
 from careloop.services.cases import create_referral
+from careloop.services.ports import ManualClock
+from careloop.services.recording import audit
 from careloop.services.referral_input import validate_referral
 from tests.conftest import ADMIN, INTAKE, referral_payload
 
@@ -121,3 +124,43 @@ def test_concurrent_writers_keep_every_chain_valid(app: App) -> None:
     results = verify_audit_log(app.engine)
     assert all(r.ok for r in results)
     assert sum(r.entries_checked for r in results) == 80
+
+
+def _one_chain_app(url: str, clock: ManualClock) -> App:
+    # A second App on the same database is a second writer process as far as the audit
+    # log can tell: its own engine, its own memory of where it left each chain.
+    return build(
+        Settings(database_url=url, environment="test", audit_chains=1),
+        clock,
+        check_migrated=False,
+    )
+
+
+def test_writers_sharing_a_chain_append_after_each_other_not_over_each_other(
+    app: App, database_url: str, clock: ManualClock
+) -> None:
+    other = _one_chain_app(database_url, clock)
+    ours = _one_chain_app(database_url, clock)
+    try:
+        for writer in (ours, other, ours, ours, other, ours):
+            _fill(writer, 1)
+    finally:
+        other.engine.dispose()
+        ours.engine.dispose()
+    results = verify_audit_log(app.engine)
+    assert [(r.ok, r.entries_checked) for r in results] == [(True, 12)]
+
+
+def test_an_append_rolled_back_does_not_leave_a_gap_in_the_chain(
+    app: App, database_url: str, clock: ManualClock
+) -> None:
+    writer = _one_chain_app(database_url, clock)
+    try:
+        _fill(writer, 1)
+        with writer.deps.uow() as uow:  # never committed
+            audit(uow, ADMIN, "case.read", clock.now())
+        _fill(writer, 1)
+    finally:
+        writer.engine.dispose()
+    results = verify_audit_log(app.engine)
+    assert [(r.ok, r.entries_checked) for r in results] == [(True, 4)]

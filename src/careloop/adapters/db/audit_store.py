@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import fields
 from typing import Any
+from weakref import WeakKeyDictionary
 
-from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from careloop.adapters.db.driver_sql import DriverStatement, insert_into, insert_row
@@ -38,10 +40,42 @@ _INSERT = insert_into(audit_log)
 _UPDATE_HEAD = DriverStatement(_ADVANCE_HEAD)
 # PostgreSQL: the entry and the head's advance in one statement (one round trip).
 _INSERT_AND_ADVANCE = DriverStatement(_ADVANCE_HEAD.add_cte(insert_row(audit_log).cte("entry")))
+# The head moves from (prev_seq, prev_hash) to the new entry only if it is still there;
+# the UPDATE takes the head's row lock, as SELECT ... FOR UPDATE does.
+_ADVANCE_HEAD_FROM = (
+    update(audit_heads)
+    .where(
+        audit_heads.c.chain == bindparam("chain"),
+        audit_heads.c.seq == bindparam("prev_seq"),
+        audit_heads.c.hash == bindparam("prev_hash"),
+    )
+    .values(seq=bindparam("seq"), hash=bindparam("hash"))
+)
+_ADVANCE_FROM = DriverStatement(_ADVANCE_HEAD_FROM)
+# PostgreSQL: the entry is inserted only if its head advanced (one round trip, no read).
+_ADVANCED = _ADVANCE_HEAD_FROM.returning(audit_heads.c.chain).cte("advanced")
+_INSERT_IF_ADVANCED = DriverStatement(
+    insert(audit_log).from_select(
+        [c.key for c in audit_log.columns],
+        select(*(bindparam(c.key, type_=c.type) for c in audit_log.columns)).select_from(_ADVANCED),
+    )
+)
+
+
+class _ThreadChain(threading.local):
+    """The chain a thread appends to, and its head as this thread last advanced it."""
+
+    chain: int | None = None
+    head: tuple[int, str] | None = None
+
+
+_THREAD_CHAINS: WeakKeyDictionary[Engine, _ThreadChain] = WeakKeyDictionary()
 
 
 class AuditStore:
-    """Appends to one chain per transaction; chains are spread so writers rarely wait."""
+    """Appends to one chain per transaction; each thread keeps to a chain of its own (picked
+    at random, and again when another writer turns up on it), so writers rarely wait and
+    an append usually needs no read: it advances the head it left last time."""
 
     def __init__(self, connection: Connection, chains: int) -> None:
         self._connection = connection
@@ -49,22 +83,50 @@ class AuditStore:
         self._chain: int | None = None
 
     def append(self, record: AuditRecord) -> AuditEntry:
+        mine = _THREAD_CHAINS.get(self._connection.engine) or _thread_chain(self._connection)
         if self._chain is None:
             # One chain per transaction: two transactions can never lock heads in
             # opposite orders, so appends cannot deadlock.
-            self._chain = random.randrange(self._chains)  # noqa: S311 - load spreading only
+            if mine.chain is None or mine.chain >= self._chains:
+                mine.chain, mine.head = self._pick_chain(), None
+            self._chain = mine.chain
         chain = self._chain
-        head = self._lock_head(chain)
-        entry = chain_entry(chain, head[0], head[1], record)
+        entry = None
+        if mine.head is not None and mine.chain == chain:
+            entry = chain_entry(chain, mine.head[0], mine.head[1], record)
+            if not self._append_if_head_unchanged(entry):
+                entry = None
+                mine.chain, mine.head = self._pick_chain(), None  # from the next transaction
+        if entry is None:
+            head = self._lock_head(chain)
+            entry = chain_entry(chain, head[0], head[1], record)
+            self._append_at_locked_head(entry)
+        if mine.chain == chain:
+            mine.head = (entry.seq, entry.hash)
+        return entry
+
+    def _pick_chain(self) -> int:
+        return random.randrange(self._chains)  # noqa: S311 - load spreading only
+
+    def _append_if_head_unchanged(self, entry: AuditEntry) -> bool:
+        row = _row(entry)
+        row["prev_seq"] = entry.seq - 1
+        if self._connection.dialect.name == "postgresql":
+            return bool(_INSERT_IF_ADVANCED.execute(self._connection, row).rowcount == 1)
+        if _ADVANCE_FROM.execute(self._connection, row).rowcount != 1:
+            return False
+        _INSERT.execute(self._connection, row)
+        return True
+
+    def _append_at_locked_head(self, entry: AuditEntry) -> None:
         row = _row(entry)
         if self._connection.dialect.name == "postgresql":
-            _INSERT_AND_ADVANCE.execute(self._connection, {**row, "head_chain": chain})
+            _INSERT_AND_ADVANCE.execute(self._connection, {**row, "head_chain": entry.chain})
         else:
             _INSERT.execute(self._connection, row)
             _UPDATE_HEAD.execute(
-                self._connection, {"head_chain": chain, "seq": entry.seq, "hash": entry.hash}
+                self._connection, {"head_chain": entry.chain, "seq": entry.seq, "hash": entry.hash}
             )
-        return entry
 
     def _lock_head(self, chain: int) -> tuple[int, str]:
         head = _SELECT_HEAD.execute(self._connection, {"chain": chain}).fetchone()
@@ -88,6 +150,10 @@ class AuditStore:
             .order_by(audit_log.c.occurred_at, audit_log.c.chain, audit_log.c.seq)
         ).mappings()
         return [_public(dict(r)) for r in rows]
+
+
+def _thread_chain(connection: Connection) -> _ThreadChain:
+    return _THREAD_CHAINS.setdefault(connection.engine, _ThreadChain())
 
 
 def _row(entry: AuditEntry) -> dict[str, Any]:

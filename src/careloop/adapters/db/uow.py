@@ -103,11 +103,12 @@ class SqlUnitOfWork:
             if self._transaction.is_active:
                 self._transaction.rollback()
         finally:
+            # The transaction is over: the next writer need not wait for the pool check-in.
+            self._release()
             self._connection.close()
             self._connection = None
             self._transaction = None
             self._automation = self._timers = self._webhooks = None
-            self._release()
 
     def _release(self) -> None:
         if self._write_lock is not None:
