@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -199,6 +200,15 @@ outbox = Table(
     Column("dead_at", TZ, nullable=True),
     Index("ix_outbox_pending", "published_at", "available_at", "id"),
     Index("ix_outbox_case", "case_id", "id"),
+    # The claim's "is an earlier event of this case still pending?" probe: a partial
+    # index keeps it cheap whatever the planner's statistics say about pending rows.
+    Index(
+        "ix_outbox_case_pending",
+        "case_id",
+        "id",
+        postgresql_where=text("published_at IS NULL AND dead_at IS NULL"),
+        sqlite_where=text("published_at IS NULL AND dead_at IS NULL"),
+    ),
 )
 
 users = Table(
