@@ -14,10 +14,12 @@ PostgreSQL comes from CARELOOP_BENCH_PG_URL (default: the local server, database
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import platform
 import statistics
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -211,3 +213,27 @@ def ratio_line(label: str, careloop: float, baseline: float, *, higher_is_better
 
 def target_line(label: str, ok: bool, detail: str) -> None:
     line(label, f"{detail}: {'met' if ok else 'MISSED'}")
+
+
+def run_processes(target: Any, url: str, workers: int, timeout: float
+                  ) -> tuple[list[Any], float]:
+    """Run ``target(url, ready, go, results)`` in ``workers`` spawned processes released
+    by one start signal; returns each process's result tuple and the start time. A result
+    whose first item is "error" fails the run."""
+    ctx = mp.get_context("spawn")
+    ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=target, args=(url, ready, go, results), daemon=True)
+             for _ in range(workers)]
+    for proc in procs:
+        proc.start()
+    for _ in procs:
+        ready.get(timeout=120)
+    started = time.time()
+    go.set()
+    outcomes = [results.get(timeout=timeout) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=30)
+    failed = [o[1] for o in outcomes if o[0] == "error"]
+    if failed:
+        raise RuntimeError(f"a worker process failed: {failed[0]}")
+    return outcomes, started

@@ -247,22 +247,7 @@ def _drain_raw(url: str, ready: Any, go: Any, results: Any) -> None:
 
 def _drain(target: Any, url: str) -> tuple[int, float]:
     """Run ``target`` in WORKERS processes from one start signal; (timers, seconds)."""
-    ctx = mp.get_context("spawn")
-    ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=target, args=(url, ready, go, results), daemon=True)
-             for _ in range(WORKERS)]
-    for proc in procs:
-        proc.start()
-    for _ in procs:
-        ready.get(timeout=120)
-    t0 = time.time()
-    go.set()
-    outcomes = [results.get(timeout=1800) for _ in procs]
-    for proc in procs:
-        proc.join(timeout=30)
-    failed = [o[1] for o in outcomes if o[0] == "error"]
-    if failed:
-        raise RuntimeError(f"a drain process failed: {failed[0]}")
+    outcomes, t0 = c.run_processes(target, url, WORKERS, timeout=1800)
     return sum(o[1] for o in outcomes), max(o[2] for o in outcomes) - t0
 
 

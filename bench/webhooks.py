@@ -351,22 +351,7 @@ def _claim_raw(url: str, ready: Any, go: Any, results: Any) -> None:
 
 def _drain(target: Any, url: str
            ) -> tuple[list[tuple[int, int, float]], float, dict[str, list[float]]]:
-    ctx = mp.get_context("spawn")
-    ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=target, args=(url, ready, go, results), daemon=True)
-             for _ in range(WORKERS)]
-    for proc in procs:
-        proc.start()
-    for _ in procs:
-        ready.get(timeout=120)
-    t0 = time.time()
-    go.set()
-    outcomes = [results.get(timeout=3600) for _ in procs]
-    for proc in procs:
-        proc.join(timeout=30)
-    failed = [o[1] for o in outcomes if o[0] == "error"]
-    if failed:
-        raise RuntimeError(f"a claiming process failed: {failed[0]}")
+    outcomes, t0 = c.run_processes(target, url, WORKERS, timeout=3600)
     spent: dict[str, list[float]] = {}
     for o in outcomes:
         for label, (count, seconds, slowest) in o[3].items():

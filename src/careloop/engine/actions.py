@@ -17,7 +17,7 @@ from careloop.domain.referral import lookup
 from careloop.domain.routing import LEAST_LOADED_SPECIALIST, SpecialistLoad, pick_specialist, route
 from careloop.domain.rules import Offset, Rule, RuleAction, RuleSet, render
 from careloop.domain.rules_builder import parse_offset
-from careloop.services.attachments import record_task
+from careloop.services.attachments import record_task, task_values
 from careloop.services.automation_registry import AutomationConfig
 from careloop.services.cases import apply_assignment, apply_transition, apply_update
 from careloop.services.deps import Deps
@@ -163,14 +163,8 @@ def _create_task(context: ActionContext, params: Mapping[str, Any], key: str) ->
         offset = parse_offset(params["due"])
         assert offset is not None, "the builder checked the offset"
         due_at = offset_from(context.config, context.case, context.now, offset)
-    values = {
-        "title": render(str(params["title"]), flatten(context.case))[:300],
-        "status": "open",
-        "assignee": params.get("assignee"),
-        "due_at": due_at,
-        "created_by": context.actor.user_id,
-        "created_at": context.now,
-    }
+    title = render(str(params["title"]), flatten(context.case))
+    values = task_values(title, context.actor, context.now, params.get("assignee"), due_at)
     task_id = record_task(context.work, context.actor, context.case, values, context.now)
     return {"task_id": task_id, "due_at": due_at.isoformat() if due_at else None}
 
@@ -227,20 +221,42 @@ def _notify(context: ActionContext, params: Mapping[str, Any], key: str) -> Resu
 def notify(
     context: ActionContext, channel: str, recipient: str, subject: str, body: str, key: str
 ) -> bool:
-    # In-app messages are delivered by being stored; e-mail and SMS wait in 'pending'
-    # for the messaging sender, and stay visible there until it sends them.
-    return context.work.webhooks.add_notification(
+    return store_notification(
+        context.work,
+        context.case.id,
+        f"{context.run_key}:{key}:{recipient}",
+        channel,
+        recipient,
+        subject,
+        body,
+        context.now,
+    )
+
+
+def store_notification(
+    work: UnitOfWork,
+    case_id: int,
+    key: str,
+    channel: str,
+    recipient: str,
+    subject: str,
+    body: str,
+    now: datetime,
+) -> bool:
+    """Queue a message once per ``key``. In-app messages are delivered by being stored;
+    e-mail and SMS wait in 'pending' for the messaging sender, visible until it sends."""
+    return work.webhooks.add_notification(
         {
-            "case_id": context.case.id,
-            "key": f"{context.run_key}:{key}:{recipient}"[:200],
+            "case_id": case_id,
+            "key": key[:200],
             "channel": channel,
             "recipient": recipient[:300],
             "subject": subject[:300],
             "body": body,
             "status": "unread" if channel == "in_app" else "pending",
             "attempts": 0,
-            "next_attempt_at": context.now,
-            "created_at": context.now,
+            "next_attempt_at": now,
+            "created_at": now,
         }
     )
 
@@ -275,14 +291,7 @@ def _request_approval(context: ActionContext, params: Mapping[str, Any], key: st
     # The approvals engine (a later issue) consumes 'approval.requested'; until then the
     # request is a visible task, so nothing waits silently.
     policy = str(params["policy"])
-    values = {
-        "title": f"Approval required: {policy}",
-        "status": "open",
-        "assignee": None,
-        "due_at": None,
-        "created_by": context.actor.user_id,
-        "created_at": context.now,
-    }
+    values = task_values(f"Approval required: {policy}", context.actor, context.now)
     task_id = record_task(context.work, context.actor, context.case, values, context.now)
     context.case.events.append(
         Event(

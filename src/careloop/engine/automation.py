@@ -24,6 +24,7 @@ from careloop.domain.referral import lookup
 from careloop.domain.rules import EVENT_TRIGGERS, Rule, RuleSet, TriggerKind
 from careloop.engine.actions import ActionContext, automation_actor, run_actions
 from careloop.engine.duplicates import detect_duplicates
+from careloop.engine.runs import apply_once, new_run
 from careloop.engine.timers import (
     escalate_sla,
     replan_field_timers,
@@ -31,7 +32,7 @@ from careloop.engine.timers import (
     still_current,
 )
 from careloop.engine.webhooks import WebhookFanOut
-from careloop.services.attachments import record_task
+from careloop.services.attachments import record_task, task_values
 from careloop.services.automation_registry import AutomationConfig, AutomationRegistry
 from careloop.services.deps import Deps
 from careloop.services.ports import UnitOfWork
@@ -145,21 +146,8 @@ class Automation:
         activation: dict[str, object],
     ) -> Case:
         event_key = str(event["idempotency_key"])
-        run: dict[str, Any] = {
-            "case_id": case.id,
-            "event_key": event_key,
-            "event_type": event["event_type"],
-            "rule_key": rule.key,
-            "ruleset_key": ruleset.key,
-            "ruleset_version": ruleset.version,
-            "depth": depth,
-            "inputs": {},
-            "results": [],
-            "error": None,
-            "created_at": now,
-        }
         inputs, passed, problem = _evaluate(rule.condition, activation)
-        run["inputs"] = inputs
+        run = new_run(case.id, event, rule.key, ruleset.key, ruleset.version, depth, now, inputs)
         if not passed:
             run.update(outcome="skipped", error=problem)
             work.automation.record_run(run)
@@ -178,18 +166,17 @@ class Automation:
             run_key=f"{event_key}:{rule.key}",
             enqueue_webhook=self._webhooks.enqueue_custom,
         )
+        cause = {"depth": depth + 1, "rule": rule.key, "event": event_key}
+
+        def effects() -> list[dict[str, Any]]:
+            results = run_actions(context, rule.actions)
+            publish_events(work, case, now, cause)
+            return results
+
         try:
-            with work.savepoint():
-                run["results"] = run_actions(context, rule.actions)
-                cause = {"depth": depth + 1, "rule": rule.key, "event": event_key}
-                publish_events(work, case, now, cause)
-                run["outcome"] = "applied"
-                if not work.automation.record_run(run):
-                    # Recorded by an earlier attempt that committed: this rule's effects
-                    # exist already, so this attempt's are rolled back.
-                    raise _AlreadyApplied
-        except _AlreadyApplied:
-            return work.cases.get(case.id)
+            if not apply_once(work, run, effects):
+                # An earlier delivery applied this rule; this attempt's effects are undone.
+                return work.cases.get(case.id)
         except StaleVersion:
             raise  # someone changed the case meanwhile: retry the whole event
         except CareloopError as error:
@@ -213,23 +200,21 @@ class Automation:
         depth: int,
         now: datetime,
     ) -> None:
-        recorded = work.automation.record_run(
-            {
-                "case_id": case.id,
-                "event_key": str(event["idempotency_key"]),
-                "event_type": event["event_type"],
-                "rule_key": "chain-limit",
-                "ruleset_key": ruleset.key,
-                "ruleset_version": ruleset.version,
-                "depth": depth,
-                "outcome": "stopped",
-                "inputs": {"would_run": [rule.key for rule in candidates]},
-                "results": [],
-                "error": f"rule chain reached depth {depth} (limit {ruleset.max_chain_depth})",
-                "created_at": now,
-            }
+        run = new_run(
+            case.id,
+            event,
+            "chain-limit",
+            ruleset.key,
+            ruleset.version,
+            depth,
+            now,
+            {"would_run": [rule.key for rule in candidates]},
         )
-        if recorded:
+        run.update(
+            outcome="stopped",
+            error=f"rule chain reached depth {depth} (limit {ruleset.max_chain_depth})",
+        )
+        if work.automation.record_run(run):
             log.warning("automation chain stopped at depth %d on case %s", depth, case.id)
             self._exception_task(
                 work,
@@ -244,21 +229,9 @@ class Automation:
         self, work: UnitOfWork, case: Case, title: str, rule_key: str, now: datetime
     ) -> None:
         actor = automation_actor(rule_key)
-        values = {
-            "title": title[:300],
-            "status": "open",
-            "assignee": case.assignee,
-            "due_at": None,
-            "created_by": actor.user_id,
-            "created_at": now,
-        }
-        record_task(work, actor, case, values, now)
+        record_task(work, actor, case, task_values(title, actor, now, case.assignee), now)
         # The task's own event is the end of the chain: no rule reacts to it.
         publish_events(work, case, now, {"depth": 99, "rule": rule_key})
-
-
-class _AlreadyApplied(Exception):
-    pass
 
 
 def _discriminators(kind: TriggerKind, payload: Mapping[str, Any]) -> tuple[str, ...]:

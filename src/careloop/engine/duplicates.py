@@ -14,7 +14,8 @@ from typing import Any
 from careloop.domain.case import Case
 from careloop.domain.matching import PatientKey, PatientMatcher
 from careloop.engine.actions import automation_actor
-from careloop.services.attachments import record_task
+from careloop.engine.runs import new_run
+from careloop.services.attachments import record_task, task_values
 from careloop.services.cases import apply_update
 from careloop.services.deps import Deps
 from careloop.services.ports import UnitOfWork
@@ -46,23 +47,15 @@ def detect_duplicates(
         match = matcher.score(key, PatientKey.from_referral(candidate["data"]))
         if match.is_duplicate:
             found.append((int(candidate["id"]), match.score, match.reasons))
-    run = {
-        "case_id": case.id,
-        "event_key": str(event["idempotency_key"]),
-        "event_type": str(event["event_type"]),
-        "rule_key": RULE_KEY,
-        "ruleset_key": "built-in",
-        "ruleset_version": 1,
-        "depth": 0,
-        "outcome": "applied" if found else "skipped",
-        "inputs": {"candidates": [int(c["id"]) for c in candidates], "window_days": window_days},
-        "results": [
+    inputs = {"candidates": [int(c["id"]) for c in candidates], "window_days": window_days}
+    run = new_run(case.id, event, RULE_KEY, "built-in", 1, 0, now, inputs)
+    run.update(
+        outcome="applied" if found else "skipped",
+        results=[
             {"linked_to": other, "score": round(value, 3), "reasons": list(why)}
             for other, value, why in found
         ],
-        "error": None,
-        "created_at": now,
-    }
+    )
     # The run row is the once-only gate: a redelivered event finds it and does nothing.
     if not work.automation.record_run(run):
         return []
@@ -87,18 +80,6 @@ def _flag(
         work, deps, actor, case, validate_changes({"flags": flags}), now, "duplicate check"
     )
     others = ", ".join(f"#{other}" for other, _, _ in found)
-    record_task(
-        work,
-        actor,
-        case,
-        {
-            "title": f"Review possible duplicate of referral {others}"[:300],
-            "status": "open",
-            "assignee": None,
-            "due_at": None,
-            "created_by": actor.user_id,
-            "created_at": now,
-        },
-        now,
-    )
+    title = f"Review possible duplicate of referral {others}"
+    record_task(work, actor, case, task_values(title, actor, now), now)
     publish_events(work, case, now, {"depth": 1, "rule": RULE_KEY})

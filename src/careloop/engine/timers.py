@@ -20,7 +20,13 @@ from careloop.domain.referral import lookup
 from careloop.domain.rules import RuleSet
 from careloop.domain.sla import DEFAULT_LADDER, EscalationLadder, plan_sla
 from careloop.domain.workflow import Workflow
-from careloop.engine.actions import automation_actor, offset_from
+from careloop.engine.actions import (
+    automation_actor,
+    offset_from,
+    store_notification,
+    supervisor_of,
+)
+from careloop.engine.runs import apply_once, new_run
 from careloop.services.automation_registry import AutomationConfig
 from careloop.services.cases import apply_assignment, apply_update
 from careloop.services.deps import Deps
@@ -182,37 +188,19 @@ def escalate_sla(
     """One step of the SLA ladder: notify, reassign to the supervisor, raise priority."""
     payload: Mapping[str, Any] = event["payload"]
     step = str(payload.get("name"))
-    run: dict[str, Any] = {
-        "case_id": case.id,
-        "event_key": str(event["idempotency_key"]),
-        "event_type": "timer.fired",
-        "rule_key": f"sla.{step}",
-        "ruleset_key": "sla",
-        "ruleset_version": 1,
-        "depth": 0,
-        "inputs": {k: payload.get(k) for k in ("state", "entered_at", "fraction", "due_at")},
-        "results": [],
-        "error": None,
-        "created_at": now,
-    }
+    inputs = {k: payload.get(k) for k in ("state", "entered_at", "fraction", "due_at")}
+    run = new_run(case.id, event, f"sla.{step}", "sla", 1, 0, now, inputs)
     if not still_current(case, payload):
         run.update(outcome="skipped", error="the case has left the state since")
         work.automation.record_run(run)
         return
-    try:
-        with work.savepoint():
-            run.update(
-                outcome="applied", results=_apply_step(work, deps, rulesets, case, event, now)
-            )
-            publish_events(work, case, now, {"depth": 1, "rule": f"sla.{step}"})
-            if not work.automation.record_run(run):
-                raise _AlreadyApplied  # an earlier delivery of this event applied it
-    except _AlreadyApplied:
-        return
 
+    def effects() -> list[dict[str, Any]]:
+        results = _apply_step(work, deps, rulesets, case, event, now)
+        publish_events(work, case, now, {"depth": 1, "rule": f"sla.{step}"})
+        return results
 
-class _AlreadyApplied(Exception):
-    pass
+    apply_once(work, run, effects)
 
 
 def _apply_step(
@@ -228,10 +216,7 @@ def _apply_step(
     actor = automation_actor(f"sla.{step}")
     action = str(payload.get("action"))
     role = payload.get("notify_role")
-    supervisor = next(
-        (_supervisor(r, case) for r in rulesets if _supervisor(r, case)),
-        None,
-    )
+    supervisor = next((s for r in rulesets if (s := supervisor_of(r, case))), None)
     results: list[dict[str, Any]] = []
     if action in ("reassign", "escalate") and supervisor and case.assignee != supervisor:
         apply_assignment(work, actor, case, supervisor, now, reason=f"SLA {step}")
@@ -245,28 +230,19 @@ def _apply_step(
             results.append({"action": "raise_priority", "to": raised})
     recipient = f"role:{role}" if role else (f"user:{case.assignee}" if case.assignee else None)
     if recipient:
-        work.webhooks.add_notification(
-            {
-                "case_id": case.id,
-                "key": f"{event['idempotency_key']}:{recipient}"[:200],
-                "channel": "in_app",
-                "recipient": recipient,
-                "subject": f"SLA {step}: referral #{case.id} in {case.state}",
-                "body": f"Referral #{case.id} has used {float(payload.get('fraction', 0)):.0%} "
-                f"of its {case.state} target.",
-                "status": "unread",
-                "attempts": 0,
-                "next_attempt_at": now,
-                "created_at": now,
-            }
+        fraction = float(payload.get("fraction", 0))
+        store_notification(
+            work,
+            case.id,
+            f"{event['idempotency_key']}:{recipient}",
+            "in_app",
+            recipient,
+            f"SLA {step}: referral #{case.id} in {case.state}",
+            f"Referral #{case.id} has used {fraction:.0%} of its {case.state} target.",
+            now,
         )
         results.append({"action": "notify", "to": recipient})
     return results
-
-
-def _supervisor(ruleset: RuleSet, case: Case) -> str | None:
-    clinic = str(case.data.get("clinic", ""))
-    return ruleset.supervisors.get(clinic) or ruleset.supervisors.get("*")
 
 
 def _in_scope(rule: Any, case: Case) -> bool:
