@@ -86,6 +86,9 @@ cases = Table(
     Column("urgency", String(20), nullable=False),
     Column("payer", String(200), nullable=True),
     Column("assignee", String(150), nullable=True),
+    # Record rules: which organisation owns the case and which team works it.
+    Column("organisation", String(100), nullable=False, server_default=""),
+    Column("team", String(100), nullable=True),
     Column("patient_ref", String(100), nullable=True),
     Column("search_text", Text, nullable=False),
     Column("data", JSON, nullable=False),
@@ -97,6 +100,8 @@ cases = Table(
     Index("ix_cases_state_created", "state", "created_at", "id"),
     Index("ix_cases_assignee_state", "assignee", "state"),
     Index("ix_cases_created", "created_at", "id"),
+    Index("ix_cases_team_state", "team", "state"),
+    Index("ix_cases_created_by", "created_by", "id"),
 )
 
 case_history = Table(
@@ -221,6 +226,20 @@ users = Table(
     Column("roles", JSON, nullable=False),
     Column("active", Boolean, nullable=False, default=True),
     Column("created_at", TZ, nullable=False),
+    # Record rules: where the user works. "*" in locations means every clinic of the
+    # organisation.
+    Column("organisation", String(100), nullable=False, server_default=""),
+    Column("locations", JSON, nullable=False, server_default="[]"),
+    Column("teams", JSON, nullable=False, server_default="[]"),
+    Column("manager", String(150), nullable=True),
+    # Authentication: TOTP second factor, lockout, single sign-on identity.
+    Column("totp_secret", String(200), nullable=True),
+    Column("totp_enabled_at", TZ, nullable=True),
+    Column("failed_logins", Integer, nullable=False, server_default="0"),
+    Column("locked_until", TZ, nullable=True),
+    Column("oidc_issuer", String(300), nullable=True),
+    Column("oidc_subject", String(300), nullable=True),
+    UniqueConstraint("oidc_issuer", "oidc_subject"),
 )
 
 api_tokens = Table(
@@ -234,6 +253,27 @@ api_tokens = Table(
     Column("created_at", TZ, nullable=False),
     Column("expires_at", TZ, nullable=True),
     Column("revoked_at", TZ, nullable=True),
+    # None: everything the user's roles grant; otherwise a list such as
+    # ["referrals:read", "referrals:write"] that narrows them.
+    Column("scopes", JSON, nullable=True),
+    Column("kind", String(20), nullable=False, server_default="api"),  # api | session
+    Column("last_used_at", TZ, nullable=True),
+    Column("idle_timeout_seconds", Integer, nullable=True),
+    Column("replaced_by", BigInteger, nullable=True),
+)
+
+access_grants = Table(
+    "access_grants",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", Integer, nullable=False),
+    Column("username", String(150), nullable=False),
+    Column("case_id", BigInteger, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("granted_at", TZ, nullable=False),
+    Column("expires_at", TZ, nullable=False),
+    Column("revoked_at", TZ, nullable=True),
+    Index("ix_access_grants_user_case", "user_id", "case_id", "expires_at"),
 )
 
 idempotency_keys = Table(
