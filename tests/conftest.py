@@ -110,6 +110,7 @@ def actor(role: Role | str, user_id: int = 1, username: str | None = None) -> Ac
         username=username or name,
         roles=frozenset({name}),
         source_address="127.0.0.1",
+        locations=frozenset({"*"}),
     )
 
 

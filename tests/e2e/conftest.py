@@ -61,7 +61,7 @@ def running_server(app: App, roles: Iterable[Role] = tuple(Role)) -> Iterator[Se
     for role in roles:
         username = f"user.{role.value}"
         accounts.add_user(app.deps, SYSTEM_ACTOR, app.hashing, username, role.value,
-                          [role.value], None)
+                          [role.value], None, locations=["*"])
         tokens[role.value] = accounts.create_token(app.deps, SYSTEM_ACTOR, username, "test",
                                                    timedelta(days=1))
     uv, thread, base_url = start_server(app)

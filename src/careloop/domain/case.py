@@ -31,6 +31,9 @@ class Case:
     updated_at: datetime
     state_entered_at: datetime
     assignee: str | None = None
+    # Who owns and who submitted the case: what record rules test.
+    organisation: str = ""
+    created_by: int = 0
     document_types: list[str] = field(default_factory=list)
     open_tasks: int = 0
     events: list[Event] = field(default_factory=list)
@@ -38,6 +41,15 @@ class Case:
     @property
     def urgency(self) -> str:
         return str(self.data.get("urgency", "routine"))
+
+    @property
+    def clinic(self) -> str:
+        return str(self.data.get("clinic", ""))
+
+    @property
+    def team(self) -> str | None:
+        team = self.data.get("team")
+        return str(team) if team else None
 
     def activation(self, now: datetime) -> dict[str, object]:
         """What a CEL guard sees as ``case``: the payload plus derived facts."""

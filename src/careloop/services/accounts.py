@@ -42,6 +42,11 @@ def add_user(
     display_name: str,
     roles: list[str],
     password: str | None,
+    *,
+    organisation: str = "",
+    locations: list[str] | tuple[str, ...] = (),
+    teams: list[str] | tuple[str, ...] = (),
+    manager: str | None = None,
 ) -> int:
     actor.require(Action.USER_MANAGE)
     problems = []
@@ -69,7 +74,15 @@ def add_user(
     password_hash = hashing.hash(password) if password else None
     with deps.uow() as uow:
         user_id = uow.accounts.add_user(
-            username, display_name or username, password_hash, sorted(set(roles)), now
+            username,
+            display_name or username,
+            password_hash,
+            sorted(set(roles)),
+            now,
+            organisation=organisation,
+            locations=sorted(set(locations)),
+            teams=sorted(set(teams)),
+            manager=manager,
         )
         audit(
             uow,
@@ -77,7 +90,13 @@ def add_user(
             "user.create",
             now,
             category="security",
-            detail={"user_id": user_id, "username": username, "roles": sorted(set(roles))},
+            detail={
+                "user_id": user_id,
+                "username": username,
+                "roles": sorted(set(roles)),
+                "locations": sorted(set(locations)),
+                "teams": sorted(set(teams)),
+            },
         )
         uow.commit()
     return user_id
@@ -148,6 +167,10 @@ class TokenAuthenticator:
             username=row["username"],
             roles=frozenset(row["roles"]),
             token_id=row["token_id"],
+            organisation=row["organisation"],
+            locations=frozenset(row["locations"]),
+            teams=frozenset(row["teams"]),
+            scopes=frozenset(row["scopes"]) if row["scopes"] is not None else None,
         )
         expiry = time.monotonic() + self._cache_seconds
         if row["expires_at"] is not None:
@@ -180,15 +203,12 @@ def login(
         username=user["username"],
         roles=frozenset(user["roles"]),
         source_address=source_address,
+        organisation=user["organisation"],
+        locations=frozenset(user["locations"]),
+        teams=frozenset(user["teams"]),
     )
     return create_token(deps, actor, username, "login", ttl)
 
 
 def _with_address(actor: Actor, source_address: str) -> Actor:
-    return Actor(
-        user_id=actor.user_id,
-        username=actor.username,
-        roles=actor.roles,
-        source_address=source_address,
-        token_id=actor.token_id,
-    )
+    return actor.with_address(source_address)

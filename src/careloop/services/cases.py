@@ -52,6 +52,7 @@ def create_referral(
             created_at=now,
             updated_at=now,
             state_entered_at=now,
+            organisation=actor.organisation,
         )
         uow.cases.add(case, actor.user_id, actor.username)
         case.events.append(

@@ -22,6 +22,11 @@ class AccountRepository:
         password_hash: str | None,
         roles: list[str],
         at: datetime,
+        *,
+        organisation: str = "",
+        locations: list[str] | None = None,
+        teams: list[str] | None = None,
+        manager: str | None = None,
     ) -> int:
         if self.find_user(username) is not None:
             raise InvalidInput([FieldProblem("username", f"user {username!r} already exists")])
@@ -35,6 +40,10 @@ class AccountRepository:
                     "roles": roles,
                     "active": True,
                     "created_at": at,
+                    "organisation": organisation,
+                    "locations": locations or [],
+                    "teams": teams or [],
+                    "manager": manager,
                 },
             ).scalar_one()
         )
@@ -81,6 +90,10 @@ class AccountRepository:
                     users.c.username,
                     users.c.roles,
                     users.c.active,
+                    users.c.organisation,
+                    users.c.locations,
+                    users.c.teams,
+                    api_tokens.c.scopes,
                 )
                 .join(users, users.c.id == api_tokens.c.user_id)
                 .where(api_tokens.c.token_hash == token_hash)

@@ -87,6 +87,7 @@ def _denormalised(case: Case) -> dict[str, Any]:
         "specialty": str(data.get("specialty", "")),
         "urgency": str(data.get("urgency", "routine")),
         "payer": lookup(data, "payer.name"),
+        "team": case.team,
         "patient_ref": lookup(data, "patient.mrn"),
         "search_text": " ".join(str(p) for p in text_parts if p).lower(),
     }
@@ -106,12 +107,14 @@ class CaseRepository:
             "version": case.version,
             "assignee": case.assignee,
             "data": case.data,
+            "organisation": case.organisation,
             "created_by": created_by,
             "created_at": case.created_at,
             "updated_at": case.updated_at,
             "state_entered_at": case.state_entered_at,
             **_denormalised(case),
         }
+        case.created_by = created_by
         if self._connection.dialect.name == "postgresql":
             row["actor_name"] = created_by_name
             case.id = int(_INSERT_CASE_WITH_HISTORY.execute(self._connection, row).fetchone()[0])
@@ -150,6 +153,8 @@ class CaseRepository:
             updated_at=row.updated_at,
             state_entered_at=row.state_entered_at,
             assignee=row.assignee,
+            organisation=row.organisation,
+            created_by=row.created_by,
             document_types=list(doc_types),
             open_tasks=int(open_tasks),
         )

@@ -20,18 +20,24 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("cases") as batch:
-        batch.add_column(sa.Column("organisation", sa.String(100), nullable=False, server_default=""))
+        batch.add_column(
+            sa.Column("organisation", sa.String(100), nullable=False, server_default="")
+        )
         batch.add_column(sa.Column("team", sa.String(100), nullable=True))
     op.create_index("ix_cases_team_state", "cases", ["team", "state"])
     op.create_index("ix_cases_created_by", "cases", ["created_by", "id"])
     with op.batch_alter_table("users") as batch:
-        batch.add_column(sa.Column("organisation", sa.String(100), nullable=False, server_default=""))
+        batch.add_column(
+            sa.Column("organisation", sa.String(100), nullable=False, server_default="")
+        )
         batch.add_column(sa.Column("locations", sa.JSON(), nullable=False, server_default="[]"))
         batch.add_column(sa.Column("teams", sa.JSON(), nullable=False, server_default="[]"))
         batch.add_column(sa.Column("manager", sa.String(150), nullable=True))
         batch.add_column(sa.Column("totp_secret", sa.String(200), nullable=True))
         batch.add_column(sa.Column("totp_enabled_at", TZ, nullable=True))
-        batch.add_column(sa.Column("failed_logins", sa.Integer(), nullable=False, server_default="0"))
+        batch.add_column(
+            sa.Column("failed_logins", sa.Integer(), nullable=False, server_default="0")
+        )
         batch.add_column(sa.Column("locked_until", TZ, nullable=True))
         batch.add_column(sa.Column("oidc_issuer", sa.String(300), nullable=True))
         batch.add_column(sa.Column("oidc_subject", sa.String(300), nullable=True))
@@ -69,8 +75,16 @@ def downgrade() -> None:
     with op.batch_alter_table("users") as batch:
         batch.drop_constraint("uq_users_oidc_issuer_oidc_subject", type_="unique")
         for column in (
-            "oidc_subject", "oidc_issuer", "locked_until", "failed_logins", "totp_enabled_at",
-            "totp_secret", "manager", "teams", "locations", "organisation",
+            "oidc_subject",
+            "oidc_issuer",
+            "locked_until",
+            "failed_logins",
+            "totp_enabled_at",
+            "totp_secret",
+            "manager",
+            "teams",
+            "locations",
+            "organisation",
         ):
             batch.drop_column(column)
     op.drop_index("ix_cases_created_by", table_name="cases")
