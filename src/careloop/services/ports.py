@@ -87,6 +87,11 @@ class Accounts(Protocol):
         password_hash: str | None,
         roles: list[str],
         at: datetime,
+        *,
+        organisation: str = "",
+        locations: list[str] | None = None,
+        teams: list[str] | None = None,
+        manager: str | None = None,
     ) -> int: ...
     def find_user(self, username: str) -> dict[str, Any] | None: ...
     def add_token(
