@@ -339,6 +339,7 @@ def run_queries(backend: str, app: Any, raw_connection: Any, queries: int, rows:
                 lambda: ours(big, None, None, None, mid_cursor),
                 lambda: raw.list(big, None, None, None, mid_after),
                 lambda: raw.list(big, None, None, None, mid_after, row_value=True))
+        run_access_checks(repo_list, now, rng, queries)
         connection.rollback()
 
     # The whole read use case: unit of work + query + audit entry (a durable write).
@@ -355,6 +356,59 @@ def run_queries(backend: str, app: Any, raw_connection: Any, queries: int, rows:
         print(f"   WARNING: {mismatches} careloop/raw result mismatches")
     else:
         c.line("careloop and raw results", "identical")
+
+
+def run_access_checks(search: Callable[..., Any], now: datetime, rng: random.Random,
+                      queries: int) -> None:
+    """What permission, record-rule and field-mask checks add to the queue query: the same
+    search without checks vs with them (role check, the record rule as SQL, masking of the
+    returned rows), for an actor at two of the three clinics whose results are identical."""
+    from careloop.adapters.db.cases import CaseFilter
+    from careloop.domain.access import Action, Actor
+    from careloop.domain.masking import mask_value, view_of
+    from careloop.domain.record_rules import scope_of
+
+    actor = Actor(user_id=99, username="sid.scheduler", roles=frozenset({"scheduler"}),
+                  locations=frozenset(c.CLINICS[:2]), teams=frozenset({"cardiology-triage"}))
+
+    def checked(flt: Any) -> list[dict[str, Any]]:
+        actor.require(Action.CASE_READ)
+        rows, _ = search(flt, now, LIMIT, None, scope=scope_of(actor))
+        view = view_of(actor)
+        if "patient.mrn" in view.masked:
+            for row in rows:
+                row["patient_ref"] = mask_value(row["patient_ref"])
+        return list(rows)
+
+    def unchecked(flt: Any) -> list[dict[str, Any]]:
+        return list(search(flt, now, LIMIT, None)[0])
+
+    for label, with_clinic in (("queue (status+clinic+specialty)", True),
+                               ("status-only queue (the actor's whole reach)", False)):
+        plain_lat, checked_lat, mismatched = [], [], 0
+        for i in range(queries + 50):
+            clinic = rng.choice(c.CLINICS[:2]) if with_clinic else None
+            flt = CaseFilter(states=(rng.choice(c.OPEN_STATES),), clinic=clinic,
+                             specialty=rng.choice(c.SPECIALTIES) if with_clinic else None)
+            first, second = (checked, unchecked) if i % 2 else (unchecked, checked)
+            t1, r1 = _timeit(lambda flt=flt, f=first: f(flt))
+            t2, r2 = _timeit(lambda flt=flt, f=second: f(flt))
+            t_checked, rows = (t1, r1) if first is checked else (t2, r2)
+            t_plain, plain = (t2, r2) if first is checked else (t1, r1)
+            if i < 50:
+                continue  # warm-up
+            checked_lat.append(t_checked)
+            plain_lat.append(t_plain)
+            if with_clinic:
+                mismatched += [r["id"] for r in rows] != [r["id"] for r in plain]
+        c.line(f"{label}, no checks x{queries}", c.latency_ms(plain_lat))
+        c.line(f"{label}, with checks x{queries}", c.latency_ms(checked_lat))
+        added = c.percentile(checked_lat, 50) / c.percentile(plain_lat, 50) - 1
+        c.ratio_line("ratio with / without checks (p50)", c.percentile(checked_lat, 50),
+                     c.percentile(plain_lat, 50), higher_is_better=False)
+        c.target_line("target: checks add < 10%", added < 0.10, f"{added * 100:+.1f}% at p50")
+        if mismatched:
+            print(f"   WARNING: {mismatched} pages differ with checks on")
 
 
 def _raw_after(backend: str, after: Any) -> tuple[Any, int] | None:

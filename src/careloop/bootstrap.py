@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import partial
+from datetime import timedelta
+from functools import cached_property, partial
 
 import httpx
 from sqlalchemy import Engine
 
+from careloop.adapters.approval_definitions import load_approvals_text
 from careloop.adapters.automation_definitions import (
     definition_kind,
     header,
@@ -21,17 +23,24 @@ from careloop.adapters.db.engine import is_sqlite, make_engine
 from careloop.adapters.db.migrate import require_migrated, upgrade
 from careloop.adapters.db.uow import SqlUnitOfWork, register_sqlite_write_lock
 from careloop.adapters.definitions import checksum, load_workflow_text, shipped_definitions
+from careloop.adapters.field_crypto import FieldCipher, build_cipher
+from careloop.adapters.oidc import OidcProvider, OidcSettings
 from careloop.adapters.passwords import hash_password, verify_password
 from careloop.adapters.patient_matching import FuzzyPatientMatcher
+from careloop.adapters.totp import PyotpCodes
 from careloop.adapters.webhooks import WebhookSender, signed_headers
 from careloop.config import Settings
+from careloop.engine.approval_timers import approval_timers
 from careloop.engine.automation import Automation
 from careloop.engine.outbox import log_event
 from careloop.engine.webhooks import Sender, WebhookFanOut
 from careloop.engine.worker import IntegrationPort, Worker, call_integrations
 from careloop.services.accounts import PasswordHashing
+from careloop.services.approval_report import approval_step_rows
 from careloop.services.automation_registry import AutomationRegistry, DefinitionLoaders
+from careloop.services.credentials import Authentication, AuthPolicy
 from careloop.services.deps import Deps
+from careloop.services.governance_report import DEFAULT_STEP_SOURCES, StepSource
 from careloop.services.ports import Clock, SystemClock
 from careloop.services.workflows import WorkflowRegistry
 
@@ -42,7 +51,11 @@ DEFINITION_LOADERS = DefinitionLoaders(
     routing=load_routing_text,
     rules=load_rules_text,
     checksum=checksum,
+    approvals=load_approvals_text,
 )
+# Where the governance report finds the steps of active definitions; a new kind of
+# definition adds its own source here.
+STEP_SOURCES: tuple[StepSource, ...] = (*DEFAULT_STEP_SOURCES, approval_step_rows)
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,42 @@ class App:
     hashing: PasswordHashing
     automation: AutomationRegistry
     fan_out: WebhookFanOut
+    cipher: FieldCipher | None = None  # field encryption at rest; None = off
+
+    @cached_property
+    def authentication(self) -> Authentication:
+        return Authentication(self.hashing, PyotpCodes(), authentication_policy(self.settings))
+
+    @cached_property
+    def identity_provider(self) -> OidcProvider | None:
+        """The single sign-on provider, when CARELOOP_OIDC_ISSUER is set."""
+        settings = self.settings
+        if not (settings.oidc_issuer and settings.oidc_client_id and settings.oidc_redirect_uri):
+            return None
+        secret = settings.oidc_client_secret
+        return OidcProvider(
+            OidcSettings(
+                settings.oidc_issuer,
+                settings.oidc_client_id,
+                secret.get_secret_value() if secret else None,
+                settings.oidc_redirect_uri,
+                settings.oidc_scopes,
+                settings.oidc_link_claim,
+            ),
+            self.deps.clock.now,
+        )
+
+
+def authentication_policy(settings: Settings) -> AuthPolicy:
+    return AuthPolicy(
+        max_failures=settings.login_max_failures,
+        lockout=timedelta(minutes=settings.login_lockout_minutes),
+        session_lifetime=timedelta(minutes=settings.session_lifetime_minutes),
+        session_idle_timeout=timedelta(minutes=settings.session_idle_timeout_minutes),
+        token_max_lifetime=timedelta(days=settings.token_max_lifetime_days),
+        rotation_grace=timedelta(minutes=settings.token_rotation_grace_minutes),
+        require_totp_for_staff=settings.totp_required_for_staff(),
+    )
 
 
 def build(
@@ -74,8 +123,9 @@ def build(
             raise
     if is_sqlite(engine):
         register_sqlite_write_lock(engine)
-    uow = partial(SqlUnitOfWork, engine, settings.audit_chains)
-    read_uow = partial(SqlUnitOfWork, engine, settings.audit_chains, read_only=True)
+    cipher = field_cipher(settings)
+    uow = partial(SqlUnitOfWork, engine, settings.audit_chains, cipher=cipher)
+    read_uow = partial(SqlUnitOfWork, engine, settings.audit_chains, read_only=True, cipher=cipher)
     deps = Deps(
         uow=uow,
         read_uow=read_uow,
@@ -94,6 +144,15 @@ def build(
         PasswordHashing(hash_password, verify_password),
         registry,
         WebhookFanOut(compile_condition),
+        cipher,
+    )
+
+
+def field_cipher(settings: Settings) -> FieldCipher | None:
+    keys, index_key = settings.field_keys, settings.field_index_key
+    return build_cipher(
+        keys.get_secret_value() if keys else None,
+        index_key.get_secret_value() if index_key else None,
     )
 
 
@@ -108,14 +167,19 @@ def build_worker(
         app.deps,
         app.automation,
         app.fan_out,
-        FuzzyPatientMatcher(),
+        FuzzyPatientMatcher(index=app.cipher.blind_index if app.cipher else None),
         app.settings.duplicate_window_days,
     )
     timeout = app.settings.webhook_timeout_seconds
     return Worker(
         uow=app.deps.uow,
         clock=app.deps.clock,
-        handlers=[log_event, automation.handle, call_integrations(integration_ports or {})],
+        handlers=[
+            log_event,
+            automation.handle,
+            approval_timers(app.deps),
+            call_integrations(integration_ports or {}),
+        ],
         sender=sender
         or WebhookSender(
             allow_private=app.settings.webhooks_allow_private,
@@ -129,16 +193,20 @@ def build_worker(
 
 
 def migrate(app: App) -> tuple[str, list[str]]:
-    """Upgrade the schema and store any shipped definition version not stored yet."""
+    """Upgrade the schema and store any shipped definition version not stored yet.
+
+    Shipped versions are the installation's baseline: each is activated, by "system",
+    only where no version of its key is active yet. Every later activation is a change
+    request a second administrator approves (services/governance.py)."""
     revision = upgrade(app.engine)
     stored = []
     now = app.deps.clock.now()
     for source, text in shipped_definitions():
-        workflow, new = app.deps.workflows.store(text, source, now)
+        workflow, new = app.deps.workflows.store(text, source, now, baseline=True)
         if new:
             stored.append(f"workflow {workflow.key} v{workflow.version}")
     # Calendars and routing first: rule sets are validated against them.
-    for kind in ("calendars", "routing", "rules"):
+    for kind in ("calendars", "routing", "rules", "approvals"):
         for source, text in shipped_definitions(kind):
             key, _, _ = header(text, source)
             # A shipped version becomes active only where nothing is active yet, so an

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from careloop.bootstrap import App, build, migrate
+from careloop.cli_keys import keys_cli
 from careloop.config import Settings
 from careloop.domain.access import SYSTEM_ACTOR
 from careloop.domain.errors import CareloopError
@@ -29,6 +30,7 @@ cli.add_typer(user_cli, name="user")
 cli.add_typer(token_cli, name="token")
 cli.add_typer(workflows_cli, name="workflows")
 cli.add_typer(audit_cli, name="audit")
+cli.add_typer(keys_cli, name="keys")
 
 
 @contextmanager
@@ -131,16 +133,24 @@ def _load_demo_if_empty() -> None:
             typer.echo("demo data already loaded; sign in as before (see README)")
 
 
+def _split(text: str | None) -> list[str] | None:
+    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
+
+
 @user_cli.command("add")
 def user_add(
     username: str,
     roles: Annotated[str, typer.Option(help="comma-separated roles")],
     display_name: Annotated[str, typer.Option()] = "",
     password: Annotated[
-        str | None, typer.Option(help="omit for token-only users", prompt=False)
+        str | None, typer.Option(help="omit for token-only or single sign-on users")
     ] = None,
+    organisation: Annotated[str, typer.Option()] = "",
+    locations: Annotated[str, typer.Option(help="comma-separated clinics; * = all")] = "",
+    teams: Annotated[str, typer.Option(help="comma-separated teams")] = "",
+    manager: Annotated[str | None, typer.Option(help="the user's manager")] = None,
 ) -> None:
-    """Add a user with roles."""
+    """Add a user with roles and where they work."""
     from careloop.services.accounts import add_user
 
     with _app() as app:
@@ -151,8 +161,12 @@ def user_add(
                 app.hashing,
                 username,
                 display_name,
-                [r.strip() for r in roles.split(",") if r.strip()],
+                _split(roles) or [],
                 password,
+                organisation=organisation,
+                locations=_split(locations) or [],
+                teams=_split(teams) or [],
+                manager=manager,
             )
         except CareloopError as error:
             typer.echo(f"error: {error.detail}", err=True)
@@ -160,24 +174,75 @@ def user_add(
         typer.echo(f"user {username} created (id {user_id})")
 
 
+@user_cli.command("roles")
+def user_roles(
+    username: str,
+    roles: Annotated[str | None, typer.Option(help="comma-separated roles")] = None,
+    locations: Annotated[str | None, typer.Option(help="comma-separated clinics")] = None,
+    teams: Annotated[str | None, typer.Option(help="comma-separated teams")] = None,
+) -> None:
+    """Change a user's roles, locations or teams (audited with before and after)."""
+    from careloop.services.accounts import AccessChange, change_access
+
+    change = AccessChange(roles=_split(roles), locations=_split(locations), teams=_split(teams))
+    with _app() as app:
+        try:
+            after = change_access(app.deps, SYSTEM_ACTOR, username, change)
+        except CareloopError as error:
+            typer.echo(f"error: {error.detail}", err=True)
+            raise typer.Exit(2) from error
+        typer.echo(
+            f"{username}: roles {','.join(after['roles'])}; locations "
+            f"{','.join(after['locations'])}; teams {','.join(after['teams'])}"
+        )
+
+
 @token_cli.command("create")
 def token_create(
     username: str,
     name: Annotated[str, typer.Option(help="what the token is for")] = "cli",
-    days: Annotated[int, typer.Option(help="days until expiry; 0 = never")] = 90,
+    days: Annotated[
+        int, typer.Option(help="days until expiry; 0 = the maximum lifetime")
+    ] = 90,
+    scopes: Annotated[
+        str | None, typer.Option(help="comma-separated scopes; omit for the full roles")
+    ] = None,
 ) -> None:
     """Create an API token; it is shown once and stored only as a digest."""
-    from careloop.services.accounts import create_token
+    from careloop.services.tokens import create_token
 
     with _app() as app:
         try:
             token = create_token(
-                app.deps, SYSTEM_ACTOR, username, name, timedelta(days=days) if days else None
+                app.deps,
+                SYSTEM_ACTOR,
+                username,
+                name,
+                timedelta(days=days) if days else None,
+                scopes=_split(scopes),
+                policy=app.authentication.policy,
             )
         except CareloopError as error:
             typer.echo(f"error: {error.detail}", err=True)
             raise typer.Exit(2) from error
         typer.echo(token)
+
+
+@token_cli.command("rotate")
+def token_rotate(token_id: int) -> None:
+    """A new secret for a token; the old one works for the grace period, then never."""
+    from careloop.services.tokens import rotate_token
+
+    with _app() as app:
+        try:
+            issued, old_until = rotate_token(
+                app.deps, SYSTEM_ACTOR, token_id, policy=app.authentication.policy
+            )
+        except CareloopError as error:
+            typer.echo(f"error: {error.detail}", err=True)
+            raise typer.Exit(2) from error
+        typer.echo(issued.token)
+        typer.echo(f"token {token_id} stops working at {old_until.isoformat()}", err=True)
 
 
 @workflows_cli.command("validate")
@@ -243,6 +308,16 @@ def _add_automation_commands() -> None:
 
 
 _add_automation_commands()
+
+
+def _add_governance_commands() -> None:
+    from careloop.cli_governance import audit_report_command, governance_cli
+
+    cli.add_typer(governance_cli, name="governance")
+    audit_cli.command("report")(audit_report_command)
+
+
+_add_governance_commands()
 
 
 if __name__ == "__main__":

@@ -55,11 +55,22 @@ def definitions_cli(kind: str) -> typer.Typer:
         typer.echo(json.dumps(result))
 
     @group.command("activate")
-    def activate(key: str, version: int) -> None:
-        """Make a stored version the active one."""
+    def activate(
+        key: str,
+        version: int,
+        as_user: Annotated[
+            str | None, typer.Option("--as", help="the administrator proposing it")
+        ] = None,
+    ) -> None:
+        """Propose making a stored version the active one; it takes effect when a second
+        administrator approves it (`careloop governance approve ID --as NAME`)."""
+        from careloop.cli_governance import operator
+
         with _app() as app:
-            admin.activate_definition(app.deps, app.automation, SYSTEM_ACTOR, kind, key, version)
-        typer.echo(f"{kind} {key} v{version} is active")
+            result = admin.activate_definition(
+                app.deps, operator(app, as_user), kind, key, version
+            )
+        typer.echo(f"{kind} {key} v{version}: {result['detail']}")
 
     return group
 

@@ -89,17 +89,22 @@ STAGES = {
     "cancelled": 20,
     "closed": 15,
 }
+ALL = ("*",)
+# (username, role, clinics the user works at). Record rules follow the clinics: the
+# clinic managers each see their own clinic, central staff see every clinic.
 STAFF = (
-    ("admin", Role.ADMINISTRATOR),
-    ("irene.intake", Role.INTAKE_COORDINATOR),
-    ("rory.referrals", Role.REFERRAL_COORDINATOR),
-    ("dr.tess.triage", Role.CLINICAL_TRIAGE),
-    ("uma.review", Role.UTILIZATION_REVIEW),
-    ("sid.scheduler", Role.SCHEDULER),
-    ("fay.finance", Role.FINANCE),
-    ("carl.manager", Role.CLINIC_MANAGER),
-    ("olga.operations", Role.OPERATIONS_MANAGER),
-    ("audrey.auditor", Role.AUDITOR),
+    ("admin", Role.ADMINISTRATOR, ALL),
+    ("irene.intake", Role.INTAKE_COORDINATOR, ALL),
+    ("rory.referrals", Role.REFERRAL_COORDINATOR, ALL),
+    ("dr.tess.triage", Role.CLINICAL_TRIAGE, ALL),
+    ("uma.review", Role.UTILIZATION_REVIEW, ALL),
+    ("sid.scheduler", Role.SCHEDULER, ALL),
+    ("fay.finance", Role.FINANCE, ALL),
+    ("carl.manager", Role.CLINIC_MANAGER, (CLINICS[0],)),
+    ("nora.manager", Role.CLINIC_MANAGER, (CLINICS[1],)),
+    ("leo.manager", Role.CLINIC_MANAGER, (CLINICS[2],)),
+    ("olga.operations", Role.OPERATIONS_MANAGER, ALL),
+    ("audrey.auditor", Role.AUDITOR, ALL),
 )
 DEMO_PASSWORD = "careloop-demo-2026"  # noqa: S105 - printed for the demo on purpose
 
@@ -140,8 +145,8 @@ def load_demo(app: App, referrals: int = 500, seed: int = 7) -> str:
 
 
 def _create_staff(app: App, deps: Any) -> dict[str, Actor]:
-    actors = {}
-    for username, role in STAFF:
+    actors: dict[str, Actor] = {}
+    for username, role, clinics in STAFF:
         user_id = accounts.add_user(
             deps,
             SYSTEM_ACTOR,
@@ -150,8 +155,12 @@ def _create_staff(app: App, deps: Any) -> dict[str, Actor]:
             username.replace(".", " ").title(),
             [role.value],
             DEMO_PASSWORD,
+            locations=clinics,
         )
-        actors[role.value] = Actor(user_id, username, frozenset({role.value}), "demo")
+        actors.setdefault(
+            role.value,
+            Actor(user_id, username, frozenset({role.value}), "demo", locations=frozenset(clinics)),
+        )
     return actors
 
 
@@ -289,7 +298,7 @@ def _create_one(
 
 
 def _sign_in_text(app: App, referrals: int, token: str, specialists: int) -> str:
-    users = ", ".join(name for name, _ in STAFF)
+    users = ", ".join(name for name, _, _ in STAFF)
     return (
         f"Demo network loaded: {len(CLINICS)} clinics, {len(SPECIALTIES)} specialties, "
         f"{specialists} specialists, {len(PAYERS)} payers, {referrals} referrals.\n"
@@ -297,6 +306,6 @@ def _sign_in_text(app: App, referrals: int, token: str, specialists: int) -> str
         f"Admin API token (valid 30 days, shown once): {token}\n"
         f"Try: curl -H 'Authorization: Bearer {token}' "
         f"'http://{app.settings.host}:{app.settings.port}/api/v1/referrals?limit=5'\n"
-        f"Or exchange a password for a token: POST /api/v1/auth/token\n"
+        f"Or sign in for a session token: POST /api/v1/auth/login\n"
         f"API docs: http://{app.settings.host}:{app.settings.port}/docs"
     )

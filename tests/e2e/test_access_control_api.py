@@ -121,7 +121,7 @@ def test_signing_in_with_the_right_password_issues_a_working_token(server: Serve
     accounts.add_user(server.app.deps, SYSTEM_ACTOR, server.app.hashing, "sam.scheduler",
                       "Sam", ["scheduler"], password)
     with httpx.Client(base_url=server.base_url, timeout=10) as anonymous:
-        signed_in = anonymous.post("/api/v1/auth/token",
+        signed_in = anonymous.post("/api/v1/auth/login",
                                    json={"username": "sam.scheduler", "password": password})
 
     assert signed_in.status_code == 200, signed_in.text
@@ -141,7 +141,7 @@ def test_signing_in_with_wrong_credentials_is_a_401_problem(
     accounts.add_user(server.app.deps, SYSTEM_ACTOR, server.app.hashing, "sam.scheduler",
                       "Sam", ["scheduler"], "the right password")
     with httpx.Client(base_url=server.base_url, timeout=10) as anonymous:
-        response = anonymous.post("/api/v1/auth/token",
+        response = anonymous.post("/api/v1/auth/login",
                                   json={"username": username, "password": password})
 
     assert_problem(response, 401, "not_authenticated")
@@ -150,11 +150,22 @@ def test_signing_in_with_wrong_credentials_is_a_401_problem(
 # --- permissions ------------------------------------------------------------------------
 
 
-def test_every_role_may_read_a_referral(api: Clients, case_id: int) -> None:
+def test_every_staff_role_may_read_a_referral_at_its_location(
+        api: Clients, case_id: int) -> None:
     for role in Role:
+        if role is Role.INTEGRATION_CLIENT:
+            continue
         response = api(role.value).get(f"{REFERRALS}/{case_id}")
         assert response.status_code == 200, f"{role.value}: {response.text}"
         assert response.json()["id"] == case_id
+
+
+def test_an_integration_client_reads_only_the_referrals_it_submitted(
+        api: Clients, case_id: int) -> None:
+    own = api("integration_client").post(REFERRALS, json=referral_payload()).json()["id"]
+
+    assert api("integration_client").get(f"{REFERRALS}/{own}").status_code == 200
+    assert_problem(api("integration_client").get(f"{REFERRALS}/{case_id}"), 404, "not_found")
 
 
 @pytest.mark.parametrize("role", ["finance", "auditor", "clinical_triage", "scheduler",

@@ -11,6 +11,7 @@ from careloop.adapters.webhooks import new_secret, signed_headers
 from careloop.bootstrap import build_worker
 from tests.conftest import referral_payload
 from tests.e2e.conftest import Clients, Server
+from tests.support.governance import second_admin_client
 
 DEFINITIONS = "/api/v1/automation/definitions"
 PROBLEM_JSON = "application/problem+json"
@@ -47,14 +48,21 @@ def test_only_automation_managers_may_store_or_activate_rules(api: Clients) -> N
     assert api("intake_coordinator").get(DEFINITIONS).status_code == 403
 
 
-def test_a_stored_rule_set_is_activated_and_its_runs_show_on_the_referral(
+def test_a_stored_rule_set_is_activated_once_approved_and_its_runs_show_on_the_referral(
     api: Clients, shared_server: Server
 ) -> None:
     admin = api("administrator")
     stored = admin.post(DEFINITIONS, json={"text": RULES, "source": "api-rules.yaml"})
     assert stored.status_code == 201 and stored.json()["stored"] is True
-    activated = admin.post(f"{DEFINITIONS}/rules/api-rules/1/activate")
-    assert activated.status_code == 200
+    proposed = admin.post(f"{DEFINITIONS}/rules/api-rules/1/activate")
+    assert proposed.status_code == 202
+    assert proposed.json()["active"] is False and proposed.json()["change_status"] == "proposed"
+    assert "second administrator" in proposed.json()["detail"]
+    with second_admin_client(shared_server.app, shared_server.base_url) as second:
+        approved = second.post(
+            f"/api/v1/governance/changes/{proposed.json()['change_id']}/approve", json={}
+        )
+    assert approved.status_code == 200, approved.text
     case = api("intake_coordinator").post("/api/v1/referrals", json=referral_payload())
     worker = build_worker(shared_server.app)
     worker.run_until_idle()

@@ -16,6 +16,7 @@ from careloop.services.cases import create_referral, transition_case, update_cas
 from careloop.services.ports import ManualClock
 from careloop.services.referral_input import ReferralChanges, validate_referral
 from tests.conftest import ADMIN, INTAKE, referral_payload
+from tests.support.governance import store_and_activate
 
 
 @pytest.fixture
@@ -50,7 +51,7 @@ def _store_rules(app: App, rules: str, key: str = "test-rules", depth: int = 5) 
         f"kind: rules\nkey: {key}\nversion: 1\ncase_type: referral\n"
         f"max_chain_depth: {depth}\nrules:\n{rules}"
     )
-    admin.store_definition(app.deps, app.automation, ADMIN, text, f"{key}.yaml", activate=True)
+    store_and_activate(app, text, f"{key}.yaml")
 
 
 def test_a_new_referral_is_routed_to_the_least_loaded_specialist_and_the_run_is_logged(

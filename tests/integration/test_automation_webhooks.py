@@ -26,6 +26,7 @@ from careloop.services.inbound import receive_webhook
 from careloop.services.ports import ManualClock
 from careloop.services.referral_input import validate_referral
 from tests.conftest import ADMIN, INTAKE, referral_payload
+from tests.support.governance import store_and_activate
 from tests.support.receivers import Receiver, gone, respond, verify_signature
 
 TOOLS = admin.WebhookTools(new_secret, check_target, compile_condition, allow_private=True)
@@ -160,7 +161,7 @@ rules:
     trigger: {on: webhook_received, source: payer-portal, event: authorization.approved}
     actions: [{create_task: {title: "Payer approved the authorization"}}]
 """
-    admin.store_definition(app.deps, app.automation, ADMIN, text, "inbound.yaml", activate=True)
+    store_and_activate(app, text, "inbound.yaml")
     return admin.put_inbound_source(
         app.deps,
         TOOLS,

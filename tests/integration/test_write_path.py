@@ -19,6 +19,7 @@ from careloop.services.cases import assign_case, create_referral, transition_cas
 from careloop.services.ports import ManualClock
 from careloop.services.referral_input import ReferralChanges, validate_referral
 from tests.conftest import ADMIN, AUDITOR, INTAKE, SCHEDULER, TRIAGE, referral_payload
+from tests.support.governance import store_and_activate
 
 
 def _counts(app: App) -> dict[str, int]:
@@ -206,7 +207,7 @@ def test_cases_pin_the_workflow_version_they_started_with(app: App, clock: Manua
         "    requires_fields: [patient.family_name, patient.birth_date, specialty]\n",
         "    requires_fields: [patient.family_name, patient.birth_date, specialty, specialist]\n",
     )
-    app.deps.workflows.store(text_v2, "referral-v2.yaml", clock.now())
+    store_and_activate(app, text_v2, "referral-v2.yaml")
     new_id = _create(app)
     old, _ = queries.get_case(app.deps, ADMIN, case_id)
     new, _ = queries.get_case(app.deps, ADMIN, new_id)

@@ -7,6 +7,8 @@ without copying patient data into it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jellyfish
 from rapidfuzz.distance import JaroWinkler
 
@@ -35,10 +37,13 @@ SIMILAR, OTHER_GIVEN_NAME = 0.8, 0.8
 
 
 class FuzzyPatientMatcher:
-    def __init__(self, threshold: float = 0.85) -> None:
+    def __init__(self, threshold: float = 0.85, index: Callable[[str], str] | None = None) -> None:
+        """``index`` is the blind index of encrypted identifiers (field encryption on):
+        the member ID's blocking key then holds its token, never the ID itself."""
         if not 0.0 < threshold <= 1.0:
             raise ValueError("the duplicate threshold lies in (0, 1]")
         self.threshold = threshold
+        self._index = index
 
     def score(self, a: PatientKey, b: PatientKey) -> MatchScore:
         reasons: list[str] = []
@@ -72,7 +77,8 @@ class FuzzyPatientMatcher:
         if key.mrn:
             keys.add(f"mrn:{key.mrn}")
         if key.member_id:
-            keys.add(f"member:{key.member_id}")
+            member = self._index(key.member_id) if self._index else key.member_id
+            keys.add(f"member:{member}")
         return frozenset(keys)
 
 

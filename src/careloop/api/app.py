@@ -13,8 +13,13 @@ from careloop.adapters.webhooks import check_target, new_secret, verify
 from careloop.api import problems
 from careloop.api.blocking import BlockingPool
 from careloop.api.limits import BodyLimitMiddleware
-from careloop.api.routes import automation, referrals, system
-from careloop.bootstrap import App
+from careloop.api.routes import access, approvals, automation, referrals, system
+from careloop.api.routes import audit as audit_routes
+from careloop.api.routes import auth as auth_routes
+from careloop.api.routes import governance as governance_routes
+from careloop.api.routes import users as users_routes
+from careloop.api.security import SignInRateLimitMiddleware, SlidingWindowLimiter
+from careloop.bootstrap import STEP_SOURCES, App
 from careloop.services.accounts import TokenAuthenticator
 from careloop.services.automation_admin import WebhookTools
 
@@ -38,6 +43,8 @@ def create_app(app: App) -> FastAPI:
     api.state.deps = app.deps
     api.state.hashing = app.hashing
     api.state.authenticator = TokenAuthenticator(app.deps)
+    api.state.authentication = app.authentication
+    api.state.identity_provider = app.identity_provider
     api.state.automation = app.automation
     api.state.webhook_tools = WebhookTools(
         new_secret=new_secret,
@@ -47,13 +54,28 @@ def create_app(app: App) -> FastAPI:
     )
     api.state.webhook_verify = verify
     api.state.inbound_tolerance_seconds = app.settings.inbound_tolerance_seconds
+    api.state.step_sources = STEP_SOURCES
     problems.install(api)
     api.include_router(referrals.router)
     api.include_router(system.router)
     api.include_router(automation.router)
+    api.include_router(approvals.router)
+    api.include_router(access.router)
+    api.include_router(governance_routes.router)
+    api.include_router(audit_routes.router)
+    api.include_router(auth_routes.router)
+    api.include_router(users_routes.router)
     api.add_middleware(
         BodyLimitMiddleware,
         max_body_bytes=app.settings.max_body_bytes,
         max_upload_bytes=app.settings.max_upload_bytes,
+    )
+    api.add_middleware(
+        SignInRateLimitMiddleware,
+        limiter=SlidingWindowLimiter(
+            app.settings.login_rate_limit,
+            app.settings.login_rate_window_seconds,
+            app.deps.clock.now,
+        ),
     )
     return api

@@ -5,11 +5,15 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from careloop.domain.access import Actor
 from careloop.domain.case import Case
+from careloop.domain.masking import mask_data, view_of
 from careloop.domain.workflow import Workflow
 
 
-def present_case(case: Case, workflow: Workflow) -> dict[str, Any]:
+def present_case(case: Case, workflow: Workflow, actor: Actor) -> dict[str, Any]:
+    """The case as ``actor`` may see it: field rules hide or mask what its roles may not."""
+    data, masked = mask_data(view_of(actor), case.data)
     state = workflow.states[case.state]
     sla = workflow.sla_seconds(case.state, case.urgency)
     return {
@@ -31,5 +35,6 @@ def present_case(case: Case, workflow: Workflow) -> dict[str, Any]:
         "state_entered_at": case.state_entered_at,
         "sla_due_at": case.state_entered_at + timedelta(seconds=sla) if sla else None,
         "allowed_transitions": [t.name for t in workflow.transitions_from(case.state)],
-        "referral": case.data,
+        "referral": data,
+        "masked_fields": masked,
     }

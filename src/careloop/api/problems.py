@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -9,7 +10,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from careloop.api.blocking import BlockingPool
 from careloop.domain import errors
+from careloop.domain.access import Actor
+from careloop.services.approvals import hold_transition
+from careloop.services.recording import record_refusal
 
 STATUS: dict[type[errors.CareloopError], int] = {
     errors.InvalidInput: 422,
@@ -23,6 +28,12 @@ STATUS: dict[type[errors.CareloopError], int] = {
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
     errors.DefinitionInvalid: 422,
+    errors.IdentityProviderUnavailable: 502,
+    errors.ChangeClosed: 409,
+    errors.ChangeOutdated: 409,
+    errors.ApprovalRequired: 409,
+    errors.ApprovalClosed: 409,
+    errors.ApprovalConflict: 409,
 }
 TITLES = {
     400: "Bad request",
@@ -34,7 +45,9 @@ TITLES = {
     413: "Payload too large",
     415: "Unsupported media type",
     422: "Unprocessable content",
+    429: "Too many requests",
     500: "Internal error",
+    502: "Bad gateway",
 }
 
 
@@ -61,11 +74,15 @@ def _fields(problems: list[errors.FieldProblem]) -> list[dict[str, str]]:
 async def _careloop_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, errors.CareloopError)
     status = next((s for cls, s in STATUS.items() if isinstance(error, cls)), 400)
+    if error.audited:
+        await _audit_refusal(request, error)
     extra: dict[str, Any] = {}
     if isinstance(error, errors.InvalidInput | errors.GuardFailed) and error.problems:
         extra["errors"] = _fields(error.problems)
     if isinstance(error, errors.StaleVersion):
         extra["current_version"] = error.actual
+    if isinstance(error, errors.ApprovalRequired):
+        extra.update(await _hold_for_approval(request, error))
     if isinstance(error, errors.DefinitionInvalid):
         extra["errors"] = [
             {"source": p.source, "line": p.line, "problem": p.problem} for p in error.problems
@@ -105,6 +122,50 @@ async def _http_error(request: Request, error: Exception) -> JSONResponse:
         error.status_code, "http_error"
     )
     return problem(error.status_code, code, str(error.detail), request.url.path)
+
+
+async def _audit_refusal(request: Request, error: errors.CareloopError) -> None:
+    """Every refused request is on record: who (or which address, when no valid token
+    came), what was asked, and why it was refused."""
+    client = request.client.host if request.client else ""
+    actor: Actor = getattr(request.state, "actor", None) or Actor(
+        user_id=0, username="anonymous", roles=frozenset(), source_address=client
+    )
+    route = request.scope.get("route")
+    path = getattr(route, "path", request.url.path)
+    case_id = request.path_params.get("case_id")
+    blocking: BlockingPool = request.app.state.blocking
+    await blocking.run(
+        record_refusal,
+        request.app.state.deps,
+        actor,
+        f"refused {request.method} {path}"[:100],
+        error.code,
+        error.detail,
+        int(case_id) if isinstance(case_id, int | str) and str(case_id).isdigit() else None,
+    )
+
+
+async def _hold_for_approval(
+    request: Request, error: errors.ApprovalRequired
+) -> dict[str, Any]:
+    """The refused transition wrote nothing; the approval requests it needs are opened
+    now in a transaction of their own (see services/approval_gate.py)."""
+    ids = list(error.request_ids)
+    actor = getattr(request.state, "actor", None)
+    if actor is not None and len(ids) < len(error.policies):
+        blocking: BlockingPool = request.app.state.blocking
+        # If opening fails the 409 still stands; the approval can be requested explicitly.
+        with suppress(errors.CareloopError):
+            ids = await blocking.run(
+                hold_transition,
+                request.app.state.deps,
+                actor,
+                error.case_id,
+                error.target,
+                error.reason,
+            )
+    return {"policies": list(error.policies), "approvals": ids}
 
 
 def install(app: FastAPI) -> None:

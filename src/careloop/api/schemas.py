@@ -40,11 +40,6 @@ class TaskIn(_Body):
     due_at: AwareDatetime | None = None
 
 
-class LoginIn(_Body):
-    username: Annotated[str, Field(min_length=1, max_length=150)]
-    password: Annotated[str, Field(min_length=1, max_length=1000)]
-
-
 class DefinitionIn(_Body):
     text: Annotated[str, Field(min_length=1, max_length=1_000_000)]
     source: Annotated[str, Field(min_length=1, max_length=300)] = "api"

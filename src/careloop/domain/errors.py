@@ -17,6 +17,9 @@ class CareloopError(Exception):
     """Base of every error careloop raises on purpose."""
 
     code = "careloop_error"
+    # Refusals worth an audit entry of their own (written by the API edge, outside the
+    # refused transaction, which rolls back).
+    audited = False
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -38,12 +41,52 @@ class NotFound(CareloopError):
     code = "not_found"
 
 
+class OutOfReach(NotFound):
+    """A case outside the actor's record rules. Answered exactly like a missing case, so
+    nobody learns which case ids exist, but audited as a refusal."""
+
+    audited = True
+
+    def __init__(self, case_id: int) -> None:
+        super().__init__(f"case {case_id} does not exist")
+
+
 class PermissionDenied(CareloopError):
     code = "permission_denied"
+    audited = True
 
 
 class NotAuthenticated(CareloopError):
     code = "not_authenticated"
+    audited = True
+
+
+class AccountLocked(NotAuthenticated):
+    """Too many failed sign-ins: refused until the lock ends, even with the right password."""
+
+    code = "account_locked"
+
+
+class SessionTimedOut(NotAuthenticated):
+    code = "session_timed_out"
+
+
+class SecondFactorRequired(NotAuthenticated):
+    """The password was right but the account needs a TOTP code."""
+
+    code = "totp_required"
+
+
+class SecondFactorInvalid(NotAuthenticated):
+    """A wrong TOTP code, or one already used."""
+
+    code = "totp_invalid"
+
+
+class IdentityProviderUnavailable(CareloopError):
+    """The single sign-on provider could not be reached or answered nonsense; retry later."""
+
+    code = "identity_provider_unavailable"
 
 
 class StaleVersion(CareloopError):
@@ -81,6 +124,67 @@ class PayloadTooLarge(CareloopError):
 
 class UnsupportedMediaType(CareloopError):
     code = "unsupported_media_type"
+
+
+class FourEyesRequired(PermissionDenied):
+    """A definition change approved by its own author (or by no named person)."""
+
+    code = "four_eyes_required"
+    # The governance use case records it itself, with the change it concerns.
+    audited = False
+
+
+class ChangeClosed(CareloopError):
+    """A decision on a change request that is no longer proposed."""
+
+    code = "change_closed"
+    audited = True
+
+
+class ChangeOutdated(CareloopError):
+    """The active version moved since the change was proposed: its diff is stale."""
+
+    code = "change_outdated"
+
+
+class ApprovalRequired(CareloopError):
+    """An approval policy guards this transition or action and no granted approval is
+    on record. ``request_ids`` names the open requests; the refused transaction writes
+    nothing, so a request still missing is opened in a transaction of its own."""
+
+    code = "approval_required"
+    audited = True
+
+    def __init__(
+        self,
+        detail: str,
+        case_id: int,
+        target: str,
+        policies: tuple[str, ...],
+        request_ids: tuple[int, ...] = (),
+        reason: str = "",
+    ) -> None:
+        super().__init__(detail)
+        self.case_id = case_id
+        self.target = target
+        self.policies = policies
+        self.request_ids = request_ids
+        self.reason = reason
+
+
+class ApprovalClosed(CareloopError):
+    """A decision on an approval request that is no longer open."""
+
+    code = "approval_closed"
+    audited = True
+
+
+class ApprovalConflict(CareloopError):
+    """A decision that contradicts the record: a second vote by the same person, or a
+    resubmission of a request that is not waiting for information."""
+
+    code = "approval_conflict"
+    audited = True
 
 
 @dataclass(frozen=True)

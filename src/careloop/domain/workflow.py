@@ -32,6 +32,8 @@ FHIR_SERVICE_REQUEST_STATUSES = frozenset(
     {"draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"}
 )
 URGENCIES = ("routine", "urgent", "emergent")
+# Who performs a transition: the change-governance report labels each step with it.
+PERFORMERS = ("human", "automated", "ai_assisted")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class Transition:
     required_documents: tuple[str, ...] = ()
     reason_required: bool = False
     label: str = ""
+    performed_by: str = "human"  # one of PERFORMERS
 
 
 @dataclass(frozen=True)

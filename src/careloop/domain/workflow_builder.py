@@ -22,6 +22,7 @@ from careloop.domain.errors import DefinitionInvalid
 from careloop.domain.workflow import (
     FHIR_SERVICE_REQUEST_STATUSES,
     FHIR_TASK_STATUSES,
+    PERFORMERS,
     URGENCIES,
     FhirMapping,
     State,
@@ -46,6 +47,7 @@ _TRANSITION_KEYS = frozenset(
         "requires_documents",
         "reason_required",
         "label",
+        "performed_by",
     }
 )
 
@@ -221,8 +223,18 @@ def _build_transitions(
             required_documents=documents,
             reason_required=bool(spec.get("reason_required", False)),
             label=str(spec.get("label", name)),
+            performed_by=_performer(out, (*path, "performed_by"), spec.get("performed_by")),
         )
     return transitions
+
+
+def _performer(out: Collector, path: Path, raw: object) -> str:
+    if raw is None:
+        return "human"
+    if raw not in PERFORMERS:
+        out.add(path, f"performed_by {raw!r} is not one of {list(PERFORMERS)}")
+        return "human"
+    return str(raw)
 
 
 def _compile_guard(

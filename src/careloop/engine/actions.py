@@ -12,11 +12,13 @@ from typing import Any
 from careloop.domain.access import ROLE_NAMES, Actor
 from careloop.domain.calendar import add_business_days, add_business_time
 from careloop.domain.case import Case
+from careloop.domain.errors import ApprovalRequired
 from careloop.domain.events import Event
 from careloop.domain.referral import lookup
 from careloop.domain.routing import LEAST_LOADED_SPECIALIST, SpecialistLoad, pick_specialist, route
 from careloop.domain.rules import Offset, Rule, RuleAction, RuleSet, render
 from careloop.domain.rules_builder import parse_offset
+from careloop.services.approval_gate import hold_action, open_named, open_requests
 from careloop.services.attachments import record_task, task_values
 from careloop.services.automation_registry import AutomationConfig
 from careloop.services.cases import apply_assignment, apply_transition, apply_update
@@ -145,15 +147,23 @@ def _least_loaded(context: ActionContext) -> str | None:
 def _transition(context: ActionContext, params: Mapping[str, Any], key: str) -> Result:
     reason = str(params.get("reason") or f"automation rule {context.rule.key}")
     previous = context.case.state
-    apply_transition(
-        context.work,
-        context.deps,
-        context.actor,
-        context.case,
-        str(params["name"]),
-        reason,
-        context.now,
-    )
+    try:
+        apply_transition(
+            context.work,
+            context.deps,
+            context.actor,
+            context.case,
+            str(params["name"]),
+            reason,
+            context.now,
+        )
+    except ApprovalRequired as held:
+        # The gate wrote nothing; the relay's transaction goes on, so the request is
+        # opened here and the transition runs once it is approved.
+        ids = open_requests(
+            context.work, context.actor, context.case, held.target, reason, context.now
+        )
+        return {"transition": params["name"], "held_for_approval": ids}
     return {"transition": params["name"], "from": previous, "to": context.case.state}
 
 
@@ -214,6 +224,15 @@ def _notify(context: ActionContext, params: Mapping[str, Any], key: str) -> Resu
     subject, body = render(template.subject, values), render(template.body, values)
     if recipient is None:
         return {"channel": channel, "recipient": None, "skipped": "no address for recipient"}
+    message = notification_values(
+        context.case.id, f"{context.run_key}:{key}:{recipient}", channel, recipient, subject, body
+    )
+    to = str(params["to"])
+    held = hold_action(
+        context.work, context.actor, context.case, "notify", to, message, context.now
+    )
+    if held:
+        return {"channel": channel, "recipient": recipient, "held_for_approval": held}
     created = notify(context, channel, recipient, subject, body, key)
     return {"channel": channel, "recipient": recipient, "created": created}
 
@@ -245,20 +264,24 @@ def store_notification(
 ) -> bool:
     """Queue a message once per ``key``. In-app messages are delivered by being stored;
     e-mail and SMS wait in 'pending' for the messaging sender, visible until it sends."""
-    return work.webhooks.add_notification(
-        {
-            "case_id": case_id,
-            "key": key[:200],
-            "channel": channel,
-            "recipient": recipient[:300],
-            "subject": subject[:300],
-            "body": body,
-            "status": "unread" if channel == "in_app" else "pending",
-            "attempts": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-        }
-    )
+    values = notification_values(case_id, key, channel, recipient, subject, body)
+    return work.webhooks.add_notification({**values, "next_attempt_at": now, "created_at": now})
+
+
+def notification_values(
+    case_id: int, key: str, channel: str, recipient: str, subject: str, body: str
+) -> dict[str, Any]:
+    """A notification row but for its times: also what an approval holds back."""
+    return {
+        "case_id": case_id,
+        "key": key[:200],
+        "channel": channel,
+        "recipient": recipient[:300],
+        "subject": subject[:300],
+        "body": body,
+        "status": "unread" if channel == "in_app" else "pending",
+        "attempts": 0,
+    }
 
 
 def resolve_recipient(context: ActionContext, to: str, channel: str) -> str | None:
@@ -288,19 +311,18 @@ def _send_webhook(context: ActionContext, params: Mapping[str, Any], key: str) -
 
 
 def _request_approval(context: ActionContext, params: Mapping[str, Any], key: str) -> Result:
-    # The approvals engine (a later issue) consumes 'approval.requested'; until then the
-    # request is a visible task, so nothing waits silently.
+    # Opened once per rule and case while open: a rule firing again joins the request.
     policy = str(params["policy"])
-    values = task_values(f"Approval required: {policy}", context.actor, context.now)
-    task_id = record_task(context.work, context.actor, context.case, values, context.now)
-    context.case.events.append(
-        Event(
-            "approval.requested",
-            {"policy": policy, "reason": str(params.get("reason", "")), "task_id": task_id},
-            key=f"approval:{context.run_key}:{key}",
-        )
+    request = open_named(
+        context.work,
+        context.actor,
+        context.case,
+        policy,
+        context.rule.key,
+        str(params.get("reason", "")),
+        context.now,
     )
-    return {"policy": policy, "task_id": task_id}
+    return {"policy": policy, "approval_id": request.id}
 
 
 def _call_integration(context: ActionContext, params: Mapping[str, Any], key: str) -> Result:

@@ -1,37 +1,54 @@
-"""Users, API tokens and authentication. Tokens are shown once and stored as digests.
+"""Users: create, change roles and where they work, deactivate. Every privilege change
+is audited (category "security") with the values before and after.
 
-API tokens are 256-bit random secrets, so a fast SHA-256 digest is the right storage
-form (it is what makes per-request lookup cheap); passwords, which people choose, are
-hashed with argon2id instead.
+Tokens, sign-in and request authentication live in services.tokens, services.sessions
+and services.authentication; the names below are re-exported for existing callers.
 """
 
 from __future__ import annotations
 
-import hashlib
-import secrets
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from typing import Any
 
 from careloop.domain.access import ROLE_NAMES, Action, Actor
-from careloop.domain.errors import FieldProblem, InvalidInput, NotAuthenticated
+from careloop.domain.errors import FieldProblem, InvalidInput, NotFound
+from careloop.services.authentication import TokenAuthenticator
+from careloop.services.credentials import (
+    NoTokenCache,
+    PasswordHashing,
+    TokenCache,
+)
 from careloop.services.deps import Deps
 from careloop.services.recording import audit
+from careloop.services.tokens import TOKEN_PREFIX, create_token, token_digest
 
-TOKEN_PREFIX = "clp_"  # noqa: S105 - a public marker, not a secret
+__all__ = [
+    "TOKEN_PREFIX",
+    "AccessChange",
+    "PasswordHashing",
+    "TokenAuthenticator",
+    "add_user",
+    "change_access",
+    "create_token",
+    "deactivate_user",
+    "list_users",
+    "token_digest",
+]
+
 MIN_PASSWORD_LENGTH = 12
+_ACCESS_FIELDS = ("roles", "organisation", "locations", "teams", "manager")
 
 
 @dataclass(frozen=True)
-class PasswordHashing:
-    hash: Callable[[str], str]
-    verify: Callable[[str, str], bool]
+class AccessChange:
+    """New values for what a user may do and where; None leaves a field as it is."""
 
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    roles: list[str] | None = None
+    organisation: str | None = None
+    locations: list[str] | None = None
+    teams: list[str] | None = None
+    manager: str | None = None
+    clear_manager: bool = False
 
 
 def add_user(
@@ -49,166 +66,140 @@ def add_user(
     manager: str | None = None,
 ) -> int:
     actor.require(Action.USER_MANAGE)
-    problems = []
-    if (
-        not username
-        or len(username) > 150
-        or not username.replace(".", "").replace("_", "").replace("-", "").isalnum()
-    ):
-        problems.append(FieldProblem("username", "1-150 letters, digits, '.', '_' or '-'"))
-    unknown = sorted(set(roles) - ROLE_NAMES)
-    if not roles or unknown:
-        problems.append(
-            FieldProblem(
-                "roles",
-                f"unknown roles {unknown}; use {sorted(ROLE_NAMES)}"
-                if unknown
-                else "at least one role is required",
-            )
-        )
+    problems = _username_problems(username) + _role_problems(roles)
     if password is not None and len(password) < MIN_PASSWORD_LENGTH:
         problems.append(FieldProblem("password", f"at least {MIN_PASSWORD_LENGTH} characters"))
     if problems:
         raise InvalidInput(problems)
     now = deps.clock.now()
     password_hash = hashing.hash(password) if password else None
+    granted: dict[str, Any] = {
+        "roles": sorted(set(roles)),
+        "organisation": organisation,
+        "locations": sorted(set(locations)),
+        "teams": sorted(set(teams)),
+        "manager": manager,
+    }
     with deps.uow() as uow:
         user_id = uow.accounts.add_user(
-            username,
-            display_name or username,
-            password_hash,
-            sorted(set(roles)),
-            now,
-            organisation=organisation,
-            locations=sorted(set(locations)),
-            teams=sorted(set(teams)),
-            manager=manager,
+            username, display_name or username, password_hash, at=now, **granted
         )
-        audit(
-            uow,
-            actor,
-            "user.create",
-            now,
-            category="security",
-            detail={
-                "user_id": user_id,
-                "username": username,
-                "roles": sorted(set(roles)),
-                "locations": sorted(set(locations)),
-                "teams": sorted(set(teams)),
-            },
-        )
+        detail = {"user_id": user_id, "username": username, **granted}
+        audit(uow, actor, "user.create", now, category="security", detail=detail)
         uow.commit()
     return user_id
 
 
-def create_token(deps: Deps, actor: Actor, username: str, name: str, ttl: timedelta | None) -> str:
-    """Create an API token for ``username``; the only time its secret is visible."""
-    if actor.username != username:
-        actor.require(Action.USER_MANAGE)
+def change_access(
+    deps: Deps,
+    actor: Actor,
+    username: str,
+    change: AccessChange,
+    cache: TokenCache | None = None,
+) -> dict[str, Any]:
+    """Change a user's roles, organisation, locations, teams or manager; returns the
+    values after. The user's cached tokens pick the change up at once in this process."""
+    actor.require(Action.USER_MANAGE)
+    after = _access_values(change)
+    problems = _role_problems(after["roles"]) if "roles" in after else []
+    if not after:
+        problems.append(FieldProblem("body", "name at least one field to change"))
+    if problems:
+        raise InvalidInput(problems)
     now = deps.clock.now()
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     with deps.uow() as uow:
         user = uow.accounts.find_user(username)
         if user is None:
-            raise InvalidInput([FieldProblem("username", f"no user {username!r}")])
-        token_id = uow.accounts.add_token(
-            user["id"], name, token[:12], token_digest(token), now, now + ttl if ttl else None
-        )
+            raise NotFound(f"no user {username!r}")
+        before = {name: user[name] for name in after}
+        uow.accounts.update_user(user["id"], after)
         audit(
             uow,
             actor,
-            "token.create",
+            "user.access.change",
             now,
             category="security",
-            detail={"token_id": token_id, "user": username, "name": name},
+            detail={"user": username, "before": before, "after": after},
         )
         uow.commit()
-    return token
+    (cache or NoTokenCache()).forget(user_id=user["id"])
+    return {name: after.get(name, user[name]) for name in _ACCESS_FIELDS}
 
 
-class TokenAuthenticator:
-    """Resolves bearer tokens to actors, caching hits briefly to keep requests cheap.
-
-    A revoked token stops working within ``cache_seconds``.
-    """
-
-    def __init__(self, deps: Deps, cache_seconds: float = 10.0) -> None:
-        self._deps = deps
-        self._cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, Actor]] = {}
-        self._lock = threading.Lock()
-
-    def cached(self, token: str, source_address: str) -> Actor | None:
-        """The actor of a recently seen valid token, without touching the database."""
-        if not token.startswith(TOKEN_PREFIX) or len(token) > 100:
-            return None
-        cached = self._cache.get(token_digest(token))
-        if cached is not None and cached[0] > time.monotonic():
-            return _with_address(cached[1], source_address)
-        return None
-
-    def authenticate(self, token: str, source_address: str) -> Actor:
-        if not token.startswith(TOKEN_PREFIX) or len(token) > 100:
-            raise NotAuthenticated("malformed API token")
-        actor = self.cached(token, source_address)
-        if actor is not None:
-            return actor
-        digest = token_digest(token)
-        with self._deps.read_uow() as uow:
-            row = uow.accounts.token_with_user(digest)
-        now = self._deps.clock.now()
-        if row is None or row["revoked_at"] is not None or not row["active"]:
-            raise NotAuthenticated("unknown or revoked API token")
-        if row["expires_at"] is not None and row["expires_at"] <= now:
-            raise NotAuthenticated("the API token has expired")
-        actor = Actor(
-            user_id=row["user_id"],
-            username=row["username"],
-            roles=frozenset(row["roles"]),
-            token_id=row["token_id"],
-            organisation=row["organisation"],
-            locations=frozenset(row["locations"]),
-            teams=frozenset(row["teams"]),
-            scopes=frozenset(row["scopes"]) if row["scopes"] is not None else None,
-        )
-        expiry = time.monotonic() + self._cache_seconds
-        if row["expires_at"] is not None:
-            expiry = min(expiry, time.monotonic() + (row["expires_at"] - now).total_seconds())
-        with self._lock:
-            self._cache[digest] = (expiry, actor)
-        return _with_address(actor, source_address)
-
-
-def login(
-    deps: Deps,
-    hashing: PasswordHashing,
-    username: str,
-    password: str,
-    source_address: str,
-    ttl: timedelta = timedelta(hours=12),
-) -> str:
-    """Exchange a username and password for a short-lived API token."""
+def deactivate_user(
+    deps: Deps, actor: Actor, username: str, cache: TokenCache | None = None
+) -> None:
+    """Deactivate a user and revoke every token and session they hold."""
+    actor.require(Action.USER_MANAGE)
+    if username == actor.username:
+        raise InvalidInput([FieldProblem("username", "you cannot deactivate yourself")])
+    now = deps.clock.now()
     with deps.uow() as uow:
         user = uow.accounts.find_user(username)
-    if (
-        user is None
-        or not user["active"]
-        or not user["password_hash"]
-        or not hashing.verify(user["password_hash"], password)
-    ):
-        raise NotAuthenticated("wrong username or password")
-    actor = Actor(
-        user_id=user["id"],
-        username=user["username"],
-        roles=frozenset(user["roles"]),
-        source_address=source_address,
-        organisation=user["organisation"],
-        locations=frozenset(user["locations"]),
-        teams=frozenset(user["teams"]),
-    )
-    return create_token(deps, actor, username, "login", ttl)
+        if user is None:
+            raise NotFound(f"no user {username!r}")
+        if not user["active"]:
+            return
+        uow.accounts.update_user(user["id"], {"active": False})
+        revoked = uow.accounts.revoke_tokens_of(user["id"], now)
+        audit(
+            uow,
+            actor,
+            "user.deactivate",
+            now,
+            category="security",
+            detail={
+                "user": username,
+                "before": {"active": True, "roles": user["roles"]},
+                "after": {"active": False},
+                "revoked_tokens": revoked,
+            },
+        )
+        uow.commit()
+    (cache or NoTokenCache()).forget(user_id=user["id"])
 
 
-def _with_address(actor: Actor, source_address: str) -> Actor:
-    return actor.with_address(source_address)
+def list_users(deps: Deps, actor: Actor) -> list[dict[str, Any]]:
+    """Every user without secrets: no password hash, no TOTP secret."""
+    actor.require(Action.USER_MANAGE)
+    with deps.read_uow() as uow:
+        rows = uow.accounts.users()
+    hidden = {"password_hash", "totp_secret", "oidc_subject"}
+    return [
+        {
+            **{k: v for k, v in row.items() if k not in hidden},
+            "totp": row["totp_enabled_at"] is not None,
+        }
+        for row in rows
+    ]
+
+
+def _access_values(change: AccessChange) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if change.roles is not None:
+        values["roles"] = sorted(set(change.roles))
+    if change.organisation is not None:
+        values["organisation"] = change.organisation
+    if change.locations is not None:
+        values["locations"] = sorted(set(change.locations))
+    if change.teams is not None:
+        values["teams"] = sorted(set(change.teams))
+    if change.manager is not None or change.clear_manager:
+        values["manager"] = change.manager
+    return values
+
+
+def _username_problems(username: str) -> list[FieldProblem]:
+    plain = username.replace(".", "").replace("_", "").replace("-", "").replace("@", "")
+    if not username or len(username) > 150 or not plain.isalnum():
+        return [FieldProblem("username", "1-150 letters, digits, '.', '_', '-' or '@'")]
+    return []
+
+
+def _role_problems(roles: list[str]) -> list[FieldProblem]:
+    unknown = sorted(set(roles) - ROLE_NAMES)
+    if unknown:
+        return [FieldProblem("roles", f"unknown roles {unknown}; use {sorted(ROLE_NAMES)}")]
+    if not roles:
+        return [FieldProblem("roles", "at least one role is required")]
+    return []

@@ -18,6 +18,7 @@ from careloop.domain.events import Event
 from careloop.domain.referral import DOCUMENT_TYPES
 from careloop.services.deps import Deps
 from careloop.services.ports import UnitOfWork
+from careloop.services.reach import load_case
 from careloop.services.recording import audit, publish_events
 
 MAX_NOTE_CHARS = 20_000
@@ -30,7 +31,7 @@ def add_note(deps: Deps, actor: Actor, case_id: int, body: str) -> dict[str, Any
         raise InvalidInput([FieldProblem("body", f"must be 1 to {MAX_NOTE_CHARS} characters")])
     now = deps.clock.now()
     with deps.uow() as uow:
-        case = uow.cases.get(case_id)
+        case = load_case(uow, actor, case_id, now)
         note_id = uow.cases.add_note(case_id, actor.user_id, actor.username, text, now)
         case.events.append(Event("case.note_added", {"note_id": note_id}, key=f"note:{note_id}"))
         audit(
@@ -76,7 +77,7 @@ def add_document(
         "created_at": now,
     }
     with deps.uow() as uow:
-        case = uow.cases.get(case_id)
+        case = load_case(uow, actor, case_id, now)
         document_id = uow.cases.add_document(case_id, values)
         case.events.append(
             Event(
@@ -166,7 +167,7 @@ def add_task(
     now = deps.clock.now()
     values = task_values(title, actor, now, assignee, due_at)
     with deps.uow() as uow:
-        case = uow.cases.get(case_id)
+        case = load_case(uow, actor, case_id, now)
         task_id = record_task(uow, actor, case, values, now)
         publish_events(uow, case, now)
         uow.commit()

@@ -6,13 +6,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from careloop.domain.access import Action, Actor
 from careloop.domain.conditions import ConditionCompiler, ConditionError
 from careloop.domain.errors import FieldProblem, InvalidInput
 from careloop.domain.referral import FIELDS, SPECIALTIES
+from careloop.services import governance
 from careloop.services.automation_registry import AutomationRegistry
 from careloop.services.deps import Deps
 from careloop.services.recording import audit
@@ -41,36 +41,38 @@ def store_definition(
     source: str,
     activate: bool,
 ) -> dict[str, Any]:
+    """Store a version; ``activate`` opens a change request for it in the same
+    transaction, which takes effect once a second administrator approves it."""
     actor.require(Action.AUTOMATION_MANAGE)
     now = deps.clock.now()
-    kind, key, version, new = registry.store(text, source, actor.username, now, activate)
-    _audit_admin(
-        deps,
-        actor,
-        "automation.store",
-        now,
-        kind=kind,
-        key=key,
-        version=version,
-        activated=activate,
-        new=new,
-    )
-    return {"kind": kind, "key": key, "version": version, "stored": new, "active": activate}
+    change = None
+    with deps.uow() as uow:
+        kind, key, version, new = registry.add_version(uow, text, source, actor.username, now)
+        governance.record_stored(uow, actor, now, kind, key, version, new)
+        if activate:
+            change = governance.open_change(uow, actor, kind, key, version, "", now)
+        uow.commit()
+    stored = {"kind": kind, "key": key, "version": version, "stored": new, "active": False}
+    return {**stored, **_pending(change)} if change else stored
 
 
 def activate_definition(
-    deps: Deps, registry: AutomationRegistry, actor: Actor, kind: str, key: str, version: int
-) -> None:
+    deps: Deps, actor: Actor, kind: str, key: str, version: int, reason: str = ""
+) -> dict[str, Any]:
+    """Open a change request to activate a stored version (four-eyes: it takes effect
+    when a second administrator approves it)."""
     actor.require(Action.AUTOMATION_MANAGE)
-    now = deps.clock.now()
-    registry.activate(kind, key, version, actor.username, now)
-    _audit_admin(deps, actor, "automation.activate", now, kind=kind, key=key, version=version)
+    change = governance.propose_change(deps, actor, kind, key, version, reason)
+    return {"kind": kind, "key": key, "version": version, "active": False, **_pending(change)}
 
 
-def _audit_admin(deps: Deps, actor: Actor, action: str, now: datetime, **detail: Any) -> None:
-    with deps.uow() as uow:
-        audit(uow, actor, action, now, category="configuration", detail=detail)
-        uow.commit()
+def _pending(change: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "change_id": change["id"],
+        "change_status": change["status"],
+        "detail": f"change {change['id']} is proposed; it takes effect when a second "
+        "administrator approves it",
+    }
 
 
 # -- webhook subscriptions --------------------------------------------------------------

@@ -17,8 +17,10 @@ from careloop.domain.case import Case
 from careloop.domain.errors import IdempotencyConflict, StaleVersion, TransitionNotAllowed
 from careloop.domain.events import Event
 from careloop.domain.referral import CASE_TYPE
+from careloop.services.approval_gate import check_transition_gate
 from careloop.services.deps import Deps
 from careloop.services.ports import UnitOfWork
+from careloop.services.reach import load_case
 from careloop.services.recording import audit, publish_events
 from careloop.services.referral_input import ReferralChanges, ReferralIn, merge_changes
 
@@ -78,7 +80,7 @@ def transition_case(
     actor.require(Action.CASE_TRANSITION)
     now = deps.clock.now()
     with deps.uow() as uow:
-        case = _load_current(uow.cases.get(case_id), expected_version)
+        case = _load_current(load_case(uow, actor, case_id, now), expected_version)
         if changes is not None:
             actor.require(Action.CASE_UPDATE)
             _apply_changes(case, changes, now)
@@ -102,6 +104,7 @@ def apply_transition(
     expected_version = case.version
     workflow = deps.workflows.get(case.workflow_key, case.workflow_version)
     previous = case.state
+    check_transition_gate(uow, deps, actor, case, transition, now, reason)
     case.transition(workflow, transition, actor, reason, now)
     uow.cases.save(case, expected_version)
     uow.cases.add_history(
@@ -124,7 +127,7 @@ def update_case(
     actor.require(Action.CASE_UPDATE)
     now = deps.clock.now()
     with deps.uow() as uow:
-        case = _load_current(uow.cases.get(case_id), expected_version)
+        case = _load_current(load_case(uow, actor, case_id, now), expected_version)
         apply_update(uow, deps, actor, case, changes, now)
         publish_events(uow, case, now)
         uow.commit()
@@ -166,7 +169,7 @@ def assign_case(
     actor.require(Action.CASE_ASSIGN)
     now = deps.clock.now()
     with deps.uow() as uow:
-        case = _load_current(uow.cases.get(case_id), expected_version)
+        case = _load_current(load_case(uow, actor, case_id, now), expected_version)
         apply_assignment(uow, actor, case, assignee, now)
         publish_events(uow, case, now)
         uow.commit()

@@ -1,4 +1,9 @@
-"""Reads. Every read of patient data is audited, in the same transaction as the read."""
+"""Reads. Every read of patient data is audited, in the same transaction as the read.
+
+Record rules decide which cases a read reaches (``services.reach``; the work queue
+filters by the same rule in SQL) and field rules mask what the actor's roles may not
+see (``domain.masking``).
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,32 @@ from typing import Any
 
 from careloop.domain.access import Action, Actor
 from careloop.domain.case import Case
+from careloop.domain.masking import HIDDEN, mask_value, view_of
+from careloop.domain.record_rules import scope_of
 from careloop.domain.workflow import Workflow
 from careloop.services.deps import Deps
+from careloop.services.reach import ensure_reach
 from careloop.services.recording import audit
 
 MAX_PAGE = 200
 
 
 def get_case(deps: Deps, actor: Actor, case_id: int) -> tuple[Case, Workflow]:
+    """The case as stored; the caller presents it through the actor's field view."""
     actor.require(Action.CASE_READ)
     now = deps.clock.now()
     with deps.uow() as uow:
         case = uow.cases.get(case_id)
-        audit(uow, actor, "case.read", now, case=case, category="demographics")
+        grant = ensure_reach(uow, actor, case, now)
+        audit(
+            uow,
+            actor,
+            "case.read",
+            now,
+            case=case,
+            category="demographics",
+            **_break_glass(grant),
+        )
         uow.commit()
     return case, deps.workflows.get(case.workflow_key, case.workflow_version)
 
@@ -28,8 +46,13 @@ def list_cases(
 ) -> tuple[list[dict[str, Any]], str | None]:
     actor.require(Action.CASE_READ)
     now = deps.clock.now()
+    scope = scope_of(actor)
+    if scope.nothing:
+        return [], None
     with deps.uow() as uow:
-        rows, next_cursor = uow.cases.search(flt, now, min(max(limit, 1), MAX_PAGE), cursor)
+        rows, next_cursor = uow.cases.search(
+            flt, now, min(max(limit, 1), MAX_PAGE), cursor, scope=scope
+        )
         if rows:
             audit(
                 uow,
@@ -40,6 +63,11 @@ def list_cases(
                 detail={"case_ids": [r["id"] for r in rows]},
             )
             uow.commit()
+    view = view_of(actor)
+    if "patient.mrn" in view.masked:
+        for row in rows:
+            if row.get("patient_ref"):
+                row["patient_ref"] = mask_value(row["patient_ref"])
     return rows, next_cursor
 
 
@@ -52,6 +80,7 @@ def read_case_part(deps: Deps, actor: Actor, case_id: int, part: str) -> list[di
     now = deps.clock.now()
     with deps.uow() as uow:
         case = uow.cases.get(case_id)
+        grant = ensure_reach(uow, actor, case, now)
         rows = {
             "history": uow.cases.history,
             "notes": uow.cases.notes,
@@ -62,8 +91,19 @@ def read_case_part(deps: Deps, actor: Actor, case_id: int, part: str) -> list[di
         category = {"notes": "clinical", "documents": "document", "audit": "audit"}.get(
             part, "administrative"
         )
-        audit(uow, actor, f"case.{part}.read", now, case=case, category=category)
+        audit(
+            uow,
+            actor,
+            f"case.{part}.read",
+            now,
+            case=case,
+            category=category,
+            **_break_glass(grant),
+        )
         uow.commit()
+    if part == "notes" and view_of(actor).hides_clinical:
+        # Notes are clinical content: the role sees that they exist, not what they say.
+        rows = [{**row, "body": HIDDEN, "masked": True} for row in rows]
     return rows
 
 
@@ -72,6 +112,7 @@ def download_document(deps: Deps, actor: Actor, case_id: int, document_id: int) 
     now = deps.clock.now()
     with deps.uow() as uow:
         case = uow.cases.get(case_id)
+        grant = ensure_reach(uow, actor, case, now)
         document = uow.cases.document(case_id, document_id)
         audit(
             uow,
@@ -81,6 +122,14 @@ def download_document(deps: Deps, actor: Actor, case_id: int, document_id: int) 
             case=case,
             category="document",
             detail={"document_id": document_id, "sha256": document["sha256"]},
+            **_break_glass(grant),
         )
         uow.commit()
     return document
+
+
+def _break_glass(grant: dict[str, Any] | None) -> dict[str, Any]:
+    """Audit fields marking a read made under a break-glass grant, with its reason."""
+    if grant is None:
+        return {}
+    return {"reason": f"break-glass: {grant['reason']}", "outcome": "break_glass"}

@@ -9,6 +9,7 @@ from typing import Any
 from careloop.domain.access import Actor
 from careloop.domain.audit import AuditRecord
 from careloop.domain.case import Case
+from careloop.services.deps import Deps
 from careloop.services.ports import UnitOfWork
 
 
@@ -42,6 +43,35 @@ def audit(
             detail=detail or {},
         )
     )
+
+
+def record_refusal(
+    deps: Deps,
+    actor: Actor,
+    action: str,
+    code: str,
+    detail: str,
+    case_id: int | None = None,
+) -> None:
+    """Audit a refused request in a transaction of its own: the refused one rolled back,
+    and the refusal must be on record all the same."""
+    with deps.uow() as uow:
+        uow.audit.append(
+            AuditRecord(
+                occurred_at=deps.clock.now(),
+                actor_id=actor.user_id,
+                actor_name=actor.username,
+                action=action,
+                outcome="denied",
+                case_id=case_id,
+                patient_ref=f"case:{case_id}" if case_id is not None else None,
+                data_category="security",
+                source_address=actor.source_address,
+                reason="",
+                detail={"code": code, "detail": detail[:500]},
+            )
+        )
+        uow.commit()
 
 
 def publish_events(

@@ -1,4 +1,6 @@
-"""The workflow registry: definitions are stored by version and compiled once."""
+"""The workflow registry: definitions are stored by version and compiled once; new cases
+start on the active version of a key, which only an approved change (or the installation
+baseline) sets."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from datetime import datetime
 
 from careloop.domain.errors import DefinitionInvalid, DefinitionProblem, NotFound
 from careloop.domain.workflow import Workflow
-from careloop.services.ports import UnitOfWorkFactory
+from careloop.services.ports import UnitOfWork, UnitOfWorkFactory
 
 # (text, source name) -> validated workflow; raises DefinitionInvalid
 WorkflowLoader = Callable[[str, str], Workflow]
@@ -52,8 +54,8 @@ class WorkflowRegistry:
         return workflow
 
     def latest(self, case_type: str) -> Workflow:
-        """The version new cases start on. Cached briefly: intake calls this every time,
-        and a version published by another process is picked up within LATEST_TTL."""
+        """The active version new cases start on. Cached briefly: intake calls this every
+        time, and a version activated by another process is picked up within LATEST_TTL."""
         cached = self._latest.get(case_type)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
@@ -62,12 +64,17 @@ class WorkflowRegistry:
             self._latest[case_type] = (time.monotonic() + LATEST_TTL_SECONDS, workflow)
         return workflow
 
+    def forget_active(self) -> None:
+        """Drop the cached active versions (after this process activated one)."""
+        with self._lock:
+            self._latest.clear()
+
     def _find_latest(self, case_type: str) -> Workflow:
         with self._read_uow() as uow:
-            rows = [r for r in uow.definitions.all() if r["case_type"] == case_type]
+            rows = [r for r in uow.governance.active_workflows() if r["case_type"] == case_type]
         if not rows:
             raise NotFound(
-                f"no workflow is stored for case type {case_type!r}; run `careloop migrate`"
+                f"no workflow is active for case type {case_type!r}; run `careloop migrate`"
             )
         newest = max(rows, key=lambda r: (r["key"] == f"{case_type}-standard", r["version"]))
         return self.get(newest["key"], newest["version"])
@@ -75,6 +82,7 @@ class WorkflowRegistry:
     def list(self) -> list[dict[str, object]]:
         with self._read_uow() as uow:
             rows = uow.definitions.all()
+            active = {(r["key"], r["version"]) for r in uow.governance.active_workflows()}
         return [
             {
                 "key": r["key"],
@@ -83,46 +91,64 @@ class WorkflowRegistry:
                 "source_name": r["source_name"],
                 "checksum": r["checksum"],
                 "created_at": r["created_at"],
+                "active": (r["key"], r["version"]) in active,
             }
             for r in rows
         ]
 
-    def store(self, text: str, source: str, now: datetime) -> tuple[Workflow, bool]:
+    def store(
+        self, text: str, source: str, now: datetime, baseline: bool = False
+    ) -> tuple[Workflow, bool]:
         """Validate and store a definition version; returns (workflow, newly stored).
+
+        ``baseline`` (install time only) activates it where no version of its key is
+        active yet; any other activation is an approved change (services/governance).
+        """
+        with self._uow() as uow:
+            workflow, new = self.add_version(uow, text, source, now)
+            if baseline and uow.governance.active_workflow(workflow.key) is None:
+                uow.governance.activate_workflow(
+                    workflow.key, workflow.version, "system", now, None
+                )
+            uow.commit()
+        with self._lock:
+            self._compiled[(workflow.key, workflow.version)] = workflow
+            self._latest.clear()
+        return workflow, new
+
+    def add_version(
+        self, uow: UnitOfWork, text: str, source: str, now: datetime
+    ) -> tuple[Workflow, bool]:
+        """Validate and add a version in the caller's transaction (never commits).
 
         A stored version is immutable: the same key and version with other content is an
         error, so every case keeps the exact definition it started with.
         """
         workflow = self._load(text, source)
         digest = self._checksum(text)
-        with self._uow() as uow:
-            existing = uow.definitions.find(workflow.key, workflow.version)
-            if existing is not None:
-                if existing["checksum"] != digest:
-                    raise DefinitionInvalid(
-                        [
-                            DefinitionProblem(
-                                source,
-                                None,
-                                f"{workflow.key} version {workflow.version} is already stored with "
-                                "different content; give the changed definition a new version",
-                            )
-                        ]
-                    )
-                return workflow, False
-            uow.definitions.add(
-                {
-                    "key": workflow.key,
-                    "version": workflow.version,
-                    "case_type": workflow.case_type,
-                    "source_name": source,
-                    "source_text": text,
-                    "checksum": digest,
-                    "created_at": now,
-                }
-            )
-            uow.commit()
-        with self._lock:
-            self._compiled[(workflow.key, workflow.version)] = workflow
-            self._latest.clear()
+        existing = uow.definitions.find(workflow.key, workflow.version)
+        if existing is not None:
+            if existing["checksum"] != digest:
+                raise DefinitionInvalid(
+                    [
+                        DefinitionProblem(
+                            source,
+                            None,
+                            f"{workflow.key} version {workflow.version} is already stored with "
+                            "different content; give the changed definition a new version",
+                        )
+                    ]
+                )
+            return workflow, False
+        uow.definitions.add(
+            {
+                "key": workflow.key,
+                "version": workflow.version,
+                "case_type": workflow.case_type,
+                "source_name": source,
+                "source_text": text,
+                "checksum": digest,
+                "created_at": now,
+            }
+        )
         return workflow, True

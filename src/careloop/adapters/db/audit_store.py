@@ -10,8 +10,9 @@ from dataclasses import fields
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, Select, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.elements import ColumnElement
 
 from careloop.adapters.db.driver_sql import DriverStatement, insert_into, insert_row
 from careloop.adapters.db.tables import audit_heads, audit_log
@@ -24,6 +25,7 @@ from careloop.domain.audit import (
     record_fields,
     verify_chain,
 )
+from careloop.services.ports import AuditQuery
 
 # Built once: these run in every write transaction.
 _SELECT_HEAD = DriverStatement(
@@ -150,6 +152,72 @@ class AuditStore:
             .order_by(audit_log.c.occurred_at, audit_log.c.chain, audit_log.c.seq)
         ).mappings()
         return [_public(dict(r)) for r in rows]
+
+    # -- reports -----------------------------------------------------------------------
+    def report(self, query: AuditQuery) -> list[dict[str, Any]]:
+        statement = _report_select(query).offset(query.offset).limit(query.limit)
+        return [_reported(r) for r in self._connection.execute(statement).mappings()]
+
+    def count(self, query: AuditQuery) -> int:
+        statement = select(func.count()).select_from(audit_log).where(*_conditions(query))
+        return int(self._connection.execute(statement).scalar_one())
+
+    def stream(self, query: AuditQuery, batch: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every matching entry in order, read in batches through one cursor."""
+        result = self._connection.execution_options(yield_per=batch).execute(
+            _report_select(query)
+        )
+        for row in result.mappings():
+            yield _reported(row)
+
+
+_SORT_COLUMNS: dict[str, ColumnElement[Any]] = {
+    "time": audit_log.c.occurred_at,
+    "user": audit_log.c.actor_name,
+    "action": audit_log.c.action,
+    "patient": audit_log.c.patient_ref,
+    "category": audit_log.c.data_category,
+    "outcome": audit_log.c.outcome,
+    "source": audit_log.c.source_address,
+}
+SORT_FIELDS = frozenset(_SORT_COLUMNS)
+_REPORTED = [c for c in audit_log.columns if c.key not in ("prev_hash", "hash")]
+
+
+def _conditions(query: AuditQuery) -> list[ColumnElement[bool]]:
+    table = audit_log.c
+    found: list[ColumnElement[bool]] = []
+    if query.start is not None:
+        found.append(table.occurred_at >= query.start)
+    if query.end is not None:
+        found.append(table.occurred_at < query.end)
+    for column, value in (
+        (table.actor_name, query.user),
+        (table.patient_ref, query.patient),
+        (table.data_category, query.category),
+    ):
+        if value is not None:
+            found.append(column == value)
+    if query.action is not None:
+        if query.action.endswith("*"):
+            prefix = query.action[:-1]
+            found.append(table.action.startswith(prefix, autoescape=True))
+        else:
+            found.append(table.action == query.action)
+    return found
+
+
+def _report_select(query: AuditQuery) -> Select[Any]:
+    def ordered(column: ColumnElement[Any]) -> ColumnElement[Any]:
+        # Entries without a patient come last either way, on both databases.
+        return (column.desc() if query.descending else column.asc()).nulls_last()
+
+    keys = [_SORT_COLUMNS[query.sort], audit_log.c.occurred_at, audit_log.c.chain, audit_log.c.seq]
+    return select(*_REPORTED).where(*_conditions(query)).order_by(*(ordered(k) for k in keys))
+
+
+def _reported(row: Any) -> dict[str, Any]:
+    return _public(dict(row))
 
 
 def _thread_chain(connection: Connection) -> _ThreadChain:

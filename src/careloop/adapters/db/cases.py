@@ -8,12 +8,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, insert, literal, or_, select, tuple_, update
-from sqlalchemy.sql import Select
+from sqlalchemy.sql import ColumnElement, Select
 
 from careloop.adapters.db.driver_sql import DriverStatement, insert_into, insert_row
 from careloop.adapters.db.tables import TZ, Id, case_history, cases, documents, notes, tasks
+from careloop.adapters.field_crypto import SEALED_FIELDS, FieldCipher
 from careloop.domain.case import Case
 from careloop.domain.errors import FieldProblem, InvalidInput, NotFound, StaleVersion
+from careloop.domain.record_rules import CaseScope
 from careloop.domain.referral import lookup
 
 _INSERT_CASE = insert_into(cases, returning_id=True)
@@ -70,18 +72,32 @@ class CaseFilter:
     newest_first: bool = False
 
 
-def _denormalised(case: Case) -> dict[str, Any]:
+_TEXT_FIELDS = (
+    "patient.family_name",
+    "patient.given_name",
+    "patient.mrn",
+    "patient.member_id",
+    "reason",
+    "referring_provider.name",
+    "specialty",
+    "clinic",
+)
+
+
+def search_text(data: dict[str, Any], cipher: FieldCipher | None = None) -> str:
+    """The work queue's free text. An encrypted field is in it only as its blind index
+    token, so this column never shows what the data column hides."""
+    parts = []
+    for path in _TEXT_FIELDS:
+        value = lookup(data, path)
+        if value and cipher is not None and path in SEALED_FIELDS:
+            value = cipher.blind_index(str(value))
+        parts.append(value)
+    return " ".join(str(p) for p in parts if p).lower()
+
+
+def _denormalised(case: Case, cipher: FieldCipher | None) -> dict[str, Any]:
     data = case.data
-    text_parts = [
-        lookup(data, "patient.family_name"),
-        lookup(data, "patient.given_name"),
-        lookup(data, "patient.mrn"),
-        lookup(data, "patient.member_id"),
-        data.get("reason"),
-        lookup(data, "referring_provider.name"),
-        data.get("specialty"),
-        data.get("clinic"),
-    ]
     return {
         "clinic": str(data.get("clinic", "")),
         "specialty": str(data.get("specialty", "")),
@@ -89,13 +105,50 @@ def _denormalised(case: Case) -> dict[str, Any]:
         "payer": lookup(data, "payer.name"),
         "team": case.team,
         "patient_ref": lookup(data, "patient.mrn"),
-        "search_text": " ".join(str(p) for p in text_parts if p).lower(),
+        "search_text": search_text(data, cipher),
     }
 
 
+# The record rule as SQL, built once: its values travel as bind parameters, so a scoped
+# query costs one more WHERE on a cached statement rather than a new expression tree.
+_IN_ORGANISATION = cases.c.organisation == bindparam("scope_organisation")
+_IN_REACH = or_(
+    cases.c.clinic.in_(bindparam("scope_clinics", expanding=True)),
+    cases.c.team.in_(bindparam("scope_teams", expanding=True)),
+    cases.c.assignee == bindparam("scope_assignee"),
+    cases.c.created_by == bindparam("scope_submitter"),
+)
+
+
+def _apply_scope(query: Select[Any], scope: CaseScope) -> tuple[Select[Any], dict[str, Any]]:
+    """The same cases ``CaseScope.reaches`` admits, and the parameters to bind."""
+    params: dict[str, Any] = {"scope_organisation": scope.organisation}
+    query = query.where(_IN_ORGANISATION)
+    if scope.everything:
+        return query, params
+    params.update(
+        scope_clinics=sorted(scope.clinics),
+        scope_teams=sorted(scope.teams),
+        # NULL never equals anything: an absent assignee or submitter matches no row.
+        scope_assignee=scope.assignee,
+        scope_submitter=scope.submitted_by,
+    )
+    return query.where(_IN_REACH), params
+
+
 class CaseRepository:
-    def __init__(self, connection: Connection) -> None:
+    """Services and the domain only ever see plaintext: with a field cipher the chosen
+    identifiers are sealed on the way in and opened on the way out."""
+
+    def __init__(self, connection: Connection, cipher: FieldCipher | None = None) -> None:
         self._connection = connection
+        self._cipher = cipher
+
+    def _sealed(self, data: dict[str, Any]) -> dict[str, Any]:
+        return data if self._cipher is None else self._cipher.seal_data(data)
+
+    def _opened(self, data: dict[str, Any]) -> dict[str, Any]:
+        return dict(data) if self._cipher is None else self._cipher.open_data(data)
 
     def add(self, case: Case, created_by: int, created_by_name: str) -> int:
         """Insert a new case with its first status-history row (no previous state)."""
@@ -106,13 +159,13 @@ class CaseRepository:
             "state": case.state,
             "version": case.version,
             "assignee": case.assignee,
-            "data": case.data,
+            "data": self._sealed(case.data),
             "organisation": case.organisation,
             "created_by": created_by,
             "created_at": case.created_at,
             "updated_at": case.updated_at,
             "state_entered_at": case.state_entered_at,
-            **_denormalised(case),
+            **_denormalised(case, self._cipher),
         }
         case.created_by = created_by
         if self._connection.dialect.name == "postgresql":
@@ -148,7 +201,7 @@ class CaseRepository:
             workflow_version=row.workflow_version,
             state=row.state,
             version=row.version,
-            data=dict(row.data),
+            data=self._opened(row.data),
             created_at=row.created_at,
             updated_at=row.updated_at,
             state_entered_at=row.state_entered_at,
@@ -168,10 +221,10 @@ class CaseRepository:
                 state=case.state,
                 version=expected_version + 1,
                 assignee=case.assignee,
-                data=case.data,
+                data=self._sealed(case.data),
                 updated_at=case.updated_at,
                 state_entered_at=case.state_entered_at,
-                **_denormalised(case),
+                **_denormalised(case, self._cipher),
             )
         )
         if result.rowcount != 1:
@@ -217,9 +270,17 @@ class CaseRepository:
         return [dict(row) for row in rows]
 
     def search(
-        self, flt: CaseFilter, now: datetime, limit: int, cursor: str | None
+        self,
+        flt: CaseFilter,
+        now: datetime,
+        limit: int,
+        cursor: str | None,
+        scope: CaseScope | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        query = _apply_filter(select(*_SUMMARY_COLUMNS), flt, now)
+        query = _apply_filter(select(*_SUMMARY_COLUMNS), flt, now, self._cipher)
+        params: dict[str, Any] = {}
+        if scope is not None:
+            query, params = _apply_scope(query, scope)
         order = (
             (cases.c.created_at.desc(), cases.c.id.desc())
             if flt.newest_first
@@ -232,7 +293,7 @@ class CaseRepository:
             key = tuple_(cases.c.created_at, cases.c.id)
             position = tuple_(literal(created_at, TZ), literal(case_id, Id))
             query = query.where(key < position if flt.newest_first else key > position)
-        result = self._connection.execute(query.order_by(*order).limit(limit + 1))
+        result = self._connection.execute(query.order_by(*order).limit(limit + 1), params)
         keys = list(result.keys())
         rows = [dict(zip(keys, row, strict=True)) for row in result.all()]
         next_cursor = None
@@ -307,7 +368,9 @@ class CaseRepository:
         return [dict(r) for r in rows]
 
 
-def _apply_filter(query: Select[Any], flt: CaseFilter, now: datetime) -> Select[Any]:
+def _apply_filter(
+    query: Select[Any], flt: CaseFilter, now: datetime, cipher: FieldCipher | None = None
+) -> Select[Any]:
     if flt.states:
         query = query.where(cases.c.state.in_(flt.states))
     for column, value in (
@@ -325,8 +388,16 @@ def _apply_filter(query: Select[Any], flt: CaseFilter, now: datetime) -> Select[
         query = query.where(cases.c.created_at >= now - timedelta(hours=flt.max_age_hours))
     if flt.text:
         words = [w for w in flt.text.lower().split() if w][:5]
-        query = query.where(*(or_(cases.c.search_text.contains(w, autoescape=True)) for w in words))
+        query = query.where(*(_text_match(word, cipher) for word in words))
     return query
+
+
+def _text_match(word: str, cipher: FieldCipher | None) -> ColumnElement[bool]:
+    found = cases.c.search_text.contains(word, autoescape=True)
+    token = cipher.blind_index(word) if cipher is not None else ""
+    # An encrypted identifier is in search_text only as its token: an exact search
+    # for the identifier finds the token.
+    return or_(found, cases.c.search_text.contains(token)) if token else found
 
 
 def _encode_cursor(created_at: datetime, case_id: int) -> str:

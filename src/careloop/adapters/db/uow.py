@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import threading
 from contextlib import AbstractContextManager
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Engine, RootTransaction
 
+from careloop.adapters.db.access_store import AccessStore
 from careloop.adapters.db.accounts import AccountRepository
+from careloop.adapters.db.approval_store import ApprovalStore
 from careloop.adapters.db.audit_store import AuditStore
 from careloop.adapters.db.automation_store import AutomationStore
 from careloop.adapters.db.cases import CaseRepository
+from careloop.adapters.db.governance_store import GovernanceStore
 from careloop.adapters.db.outbox_store import OutboxStore
 from careloop.adapters.db.records import DefinitionRepository, IdempotencyRepository
 from careloop.adapters.db.timer_store import TimerStore
 from careloop.adapters.db.webhook_store import WebhookStore
+from careloop.adapters.field_crypto import FieldCipher
 
 
 class SqlUnitOfWork:
@@ -28,8 +33,15 @@ class SqlUnitOfWork:
     idempotency: IdempotencyRepository
     definitions: DefinitionRepository
 
-    def __init__(self, engine: Engine, audit_chains: int = 16, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        audit_chains: int = 16,
+        read_only: bool = False,
+        cipher: FieldCipher | None = None,
+    ) -> None:
         self._engine = engine
+        self._cipher = cipher
         self._audit_chains = audit_chains
         self._read_only = read_only
         self._connection: Connection | None = None
@@ -53,7 +65,7 @@ class SqlUnitOfWork:
         except BaseException:
             self._release()
             raise
-        self.cases = CaseRepository(connection)
+        self.cases = CaseRepository(connection, self._cipher)
         self.audit = AuditStore(connection, self._audit_chains)
         self.outbox = OutboxStore(connection)
         self.accounts = AccountRepository(connection)
@@ -65,8 +77,25 @@ class SqlUnitOfWork:
     def automation(self) -> AutomationStore:
         # Built on first use: the intake path never needs it and pays nothing for it.
         if self._automation is None:
-            self._automation = AutomationStore(self._require_connection())
+            connection = self._require_connection()
+            self._automation = (
+                AutomationStore(connection)
+                if self._cipher is None
+                else _OpenedAutomationStore(connection, self._cipher)
+            )
         return self._automation
+
+    @property
+    def access(self) -> AccessStore:
+        return AccessStore(self._require_connection())
+
+    @property
+    def governance(self) -> GovernanceStore:
+        return GovernanceStore(self._require_connection())
+
+    @property
+    def approvals(self) -> ApprovalStore:
+        return ApprovalStore(self._require_connection())
 
     @property
     def timers(self) -> TimerStore:
@@ -113,6 +142,21 @@ class SqlUnitOfWork:
     def _release(self) -> None:
         if self._write_lock is not None:
             self._write_lock.release()
+
+
+class _OpenedAutomationStore(AutomationStore):
+    """Duplicate candidates with their encrypted identifiers opened for the matcher,
+    which compares member IDs by value. Used only with field encryption on."""
+
+    def __init__(self, connection: Connection, cipher: FieldCipher) -> None:
+        super().__init__(connection)
+        self._cipher = cipher
+
+    def duplicate_candidates(
+        self, case_id: int, keys: set[str], specialty: str, since: datetime, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        rows = super().duplicate_candidates(case_id, keys, specialty, since, limit)
+        return [{**row, "data": self._cipher.open_data(row["data"])} for row in rows]
 
 
 _SQLITE_WRITE_LOCKS: WeakKeyDictionary[Engine, threading.Lock] = WeakKeyDictionary()

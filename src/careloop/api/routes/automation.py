@@ -72,13 +72,14 @@ def store_definition(request: Request, actor: CurrentActor, body: DefinitionIn) 
 
 
 @router.post(
-    "/automation/definitions/{kind}/{key}/{version}/activate", summary="Activate a stored version"
+    "/automation/definitions/{kind}/{key}/{version}/activate",
+    status_code=202,
+    summary="Propose activating a stored version (a second administrator approves it)",
 )
 def activate_definition(
     request: Request, actor: CurrentActor, kind: str, key: str, version: int
 ) -> Any:
-    admin.activate_definition(_deps(request), _registry(request), actor, kind, key, version)
-    return {"kind": kind, "key": key, "version": version, "active": True}
+    return admin.activate_definition(_deps(request), actor, kind, key, version)
 
 
 # -- outbound webhooks -----------------------------------------------------------------------

@@ -61,7 +61,7 @@ async def create_referral(
     headers = {"Location": f"/api/v1/referrals/{case.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    return JsonResponse(present_case(case, workflow), status_code=201, headers=headers)
+    return JsonResponse(present_case(case, workflow, actor), status_code=201, headers=headers)
 
 
 @router.get("", summary="List and search referrals (work queue)")
@@ -100,14 +100,14 @@ def list_referrals(
 @router.get("/{case_id}", summary="Get one referral")
 def get_referral(request: Request, actor: CurrentActor, case_id: int) -> Any:
     case, workflow = queries.get_case(_deps(request), actor, case_id)
-    return present_case(case, workflow)
+    return present_case(case, workflow, actor)
 
 
 @router.patch("/{case_id}", summary="Change fields of an open referral")
 def update_referral(request: Request, actor: CurrentActor, case_id: int, body: UpdateIn) -> Any:
     deps = _deps(request)
     case = cases.update_case(deps, actor, case_id, body.version, body.changes)
-    return present_case(case, deps.workflows.get(case.workflow_key, case.workflow_version))
+    return present_case(case, deps.workflows.get(case.workflow_key, case.workflow_version), actor)
 
 
 @router.post("/{case_id}/transitions", summary="Move a referral along its workflow")
@@ -118,14 +118,14 @@ def transition_referral(
     case = cases.transition_case(
         deps, actor, case_id, body.transition, body.version, body.reason, body.changes
     )
-    return present_case(case, deps.workflows.get(case.workflow_key, case.workflow_version))
+    return present_case(case, deps.workflows.get(case.workflow_key, case.workflow_version), actor)
 
 
 @router.post("/{case_id}/assignment", summary="Assign or unassign a referral")
 def assign_referral(request: Request, actor: CurrentActor, case_id: int, body: AssignIn) -> Any:
     deps = _deps(request)
     case = cases.assign_case(deps, actor, case_id, body.version, body.assignee)
-    return present_case(case, deps.workflows.get(case.workflow_key, case.workflow_version))
+    return present_case(case, deps.workflows.get(case.workflow_key, case.workflow_version), actor)
 
 
 @router.get("/{case_id}/history", summary="Status history")

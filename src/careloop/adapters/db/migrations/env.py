@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from alembic import context
 
-import careloop.adapters.db.automation_tables  # noqa: F401  (registers its tables)
+# Imported for their side effect: each registers its tables on the metadata.
+import careloop.adapters.db.approval_tables
+import careloop.adapters.db.automation_tables
+import careloop.adapters.db.governance_tables  # noqa: F401
 from careloop.adapters.db.tables import metadata
 
 connection = context.config.attributes.get("connection")
