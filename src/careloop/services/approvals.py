@@ -94,6 +94,7 @@ def resubmit(
 ) -> dict[str, Any]:
     """The requester answers an information request; the step resumes and its timers
     start again."""
+    actor.require(Action.APPROVAL_REQUEST)
     text = (reason or "").strip()
     if not text:
         raise InvalidInput([FieldProblem("reason", "say what information was added")])

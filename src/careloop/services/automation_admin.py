@@ -15,6 +15,7 @@ from careloop.domain.referral import FIELDS, SPECIALTIES
 from careloop.services import governance
 from careloop.services.automation_registry import AutomationRegistry
 from careloop.services.deps import Deps
+from careloop.services.reach import load_case
 from careloop.services.recording import audit
 
 _EVENT_PATTERN = re.compile(r"^(\*|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*(\.\*)?)$")
@@ -338,7 +339,7 @@ def case_automation(deps: Deps, actor: Actor, case_id: int) -> dict[str, Any]:
     actor.require(Action.CASE_READ)
     now = deps.clock.now()
     with deps.uow() as uow:
-        case = uow.cases.get(case_id)
+        case = load_case(uow, actor, case_id, now)
         view = {
             "runs": uow.automation.runs_for_case(case_id),
             "timers": uow.timers.for_case(case_id),

@@ -220,6 +220,9 @@ def reject_change(deps: Deps, actor: Actor, change_id: int, reason: str) -> dict
 def withdraw_change(deps: Deps, actor: Actor, change_id: int, reason: str = "") -> dict[str, Any]:
     """The proposer takes back a change nobody has decided yet."""
     reason = check_reason(reason, required=False)
+    # Refuse people who manage no definitions before saying whether the change exists.
+    if not (actor.can(Action.WORKFLOW_MANAGE) or actor.can(Action.AUTOMATION_MANAGE)):
+        actor.require(Action.AUTOMATION_MANAGE)
     with deps.read_uow() as uow:
         change = uow.governance.change(change_id)
     require_manage(actor, change["kind"])
