@@ -198,9 +198,9 @@ class RawQueries:
 
 
 def _cursor_for(created_at: datetime, case_id: int) -> str:
-    """A cursor as the API hands it out (careloop.adapters.db.cases._encode_cursor)."""
+    """A cursor as the API hands it out (careloop.adapters.db.case_search._encode_cursor)."""
     try:
-        from careloop.adapters.db.cases import _encode_cursor
+        from careloop.adapters.db.case_search import _encode_cursor
     except ImportError:  # pragma: no cover - fall back to the documented shape
         raw = f"{created_at.isoformat()}|{case_id}".encode()
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")

@@ -11,7 +11,7 @@ from typing import Any
 from careloop.bootstrap import App
 from careloop.domain.access import SYSTEM_ACTOR, Actor, Role
 from careloop.domain.validators import npi_check_digit
-from careloop.services import accounts, attachments, cases
+from careloop.services import accounts, approvals, attachments, cases
 from careloop.services.ports import ManualClock
 from careloop.services.referral_input import ReferralChanges, validate_referral
 
@@ -280,6 +280,15 @@ def _create_one(
         actor = next(a for role, a in actors.items() if role in roles)
         case = cases.transition_case(
             deps, actor, case.id, name, case.version, _REASONS.get(name), changes
+        )
+    if case.state == "authorization_pending":
+        # The payer's answer is in; utilization review has the request in its queue.
+        approvals.request_approval(
+            deps,
+            actors[Role.REFERRAL_COORDINATOR.value],
+            case.id,
+            "authorization_approved",
+            "Prior authorization submitted to the payer",
         )
     if (
         rng.random() < 0.6

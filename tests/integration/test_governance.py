@@ -271,7 +271,9 @@ def test_a_workflow_version_the_active_rules_do_not_fit_is_refused_at_approval(
 
 
 def test_an_unknown_performer_label_is_refused_with_its_line() -> None:
-    text = WORKFLOW_V1.replace("performed_by: human", "performed_by: robot", 1)
+    text = WORKFLOW_V1.replace("  - name: begin_review\n",
+                               "  - name: begin_review\n    performed_by: robot\n", 1)
+    assert "performed_by: robot" in text
     with pytest.raises(DefinitionInvalid) as refused:
         load_workflow_text(text, "referral.yaml")
     [problem] = refused.value.problems

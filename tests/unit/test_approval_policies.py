@@ -10,13 +10,15 @@ import pytest
 
 from careloop.adapters.approval_definitions import load_approvals_text
 from careloop.adapters.definitions import load_workflow_text, shipped_definitions
-from careloop.domain.approvals import (
+from careloop.domain.approval_policy import (
     ApprovalPolicy,
-    ApprovalRequest,
     Decision,
-    Outcome,
     Person,
     Status,
+)
+from careloop.domain.approvals import (
+    ApprovalRequest,
+    Outcome,
     check_reason,
     decide,
     needs_fallback,

@@ -8,7 +8,9 @@ from careloop.adapters.cel_conditions import compile_condition
 from careloop.adapters.definitions import CASE_TYPES
 from careloop.adapters.yaml_source import parse_with_lines
 from careloop.domain.approval_builder import ApprovalContext, build_approvals
-from careloop.domain.approvals import ApprovalPolicySet
+from careloop.domain.approval_policy import (
+    ApprovalPolicySet,
+)
 from careloop.domain.errors import DefinitionInvalid, DefinitionProblem
 from careloop.domain.workflow import Workflow
 

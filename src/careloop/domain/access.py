@@ -84,7 +84,10 @@ SCOPES: dict[Action, str] = {
 SCOPE_NAMES = frozenset(SCOPES.values())
 
 
+# Whoever may move a case may also ask for the approval a move needs, and answer the
+# approver's request for information.
 _WORK = {
+    Action.APPROVAL_REQUEST,
     Action.CASE_READ,
     Action.CASE_TRANSITION,
     Action.CASE_UPDATE,
@@ -107,15 +110,14 @@ GRANTS: dict[Role, frozenset[Action]] = {
     # Finance works eligibility (payer unreachable, retry); the workflow limits which
     # transitions, the role only opens the door.
     Role.FINANCE: frozenset(
-        {Action.CASE_READ, Action.CASE_TRANSITION, Action.WORKFLOW_READ} | _APPROVE
+        {Action.CASE_READ, Action.CASE_TRANSITION, Action.WORKFLOW_READ, Action.APPROVAL_REQUEST}
+        | _APPROVE
     ),
     Role.SCHEDULER: frozenset(_WORK),
     Role.CLINIC_MANAGER: frozenset(
         _MANAGE | {Action.AUTOMATION_READ, Action.BREAK_GLASS, Action.GOVERNANCE_READ}
     ),
-    Role.OPERATIONS_MANAGER: frozenset(
-        _MANAGE | {Action.AUTOMATION_READ, Action.GOVERNANCE_READ}
-    ),
+    Role.OPERATIONS_MANAGER: frozenset(_MANAGE | {Action.AUTOMATION_READ, Action.GOVERNANCE_READ}),
     Role.AUDITOR: frozenset(
         {
             Action.CASE_READ,

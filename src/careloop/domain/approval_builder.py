@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from careloop.domain.approvals import (
+from careloop.domain.approval_policy import (
     REVIEWER_KINDS,
     ApprovalPolicy,
     ApprovalPolicySet,

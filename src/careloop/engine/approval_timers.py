@@ -14,7 +14,14 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from careloop.domain.approvals import ApprovalPolicy, ApprovalRequest, Reviewer, Status
+from careloop.domain.approval_policy import (
+    ApprovalPolicy,
+    Reviewer,
+    Status,
+)
+from careloop.domain.approvals import (
+    ApprovalRequest,
+)
 from careloop.domain.case import Case
 from careloop.domain.events import Event
 from careloop.domain.referral import lookup

@@ -7,7 +7,10 @@ from datetime import datetime
 from typing import Any
 
 from careloop.domain.access import Action, Actor
-from careloop.domain.approvals import Person, deciding_role
+from careloop.domain.approval_policy import (
+    Person,
+    deciding_role,
+)
 from careloop.domain.errors import FieldProblem, InvalidInput, NotFound
 from careloop.services.deps import Deps
 from careloop.services.ports import UnitOfWork

@@ -17,11 +17,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from careloop.domain.access import Actor
-from careloop.domain.approvals import (
+from careloop.domain.approval_policy import (
     ApprovalPolicy,
     ApprovalPolicySet,
-    ApprovalRequest,
     Status,
+)
+from careloop.domain.approvals import (
+    ApprovalRequest,
 )
 from careloop.domain.case import Case
 from careloop.domain.errors import ApprovalRequired, NotFound

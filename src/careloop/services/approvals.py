@@ -11,14 +11,16 @@ from typing import Any
 
 from careloop.domain import approvals as rules
 from careloop.domain.access import Action, Actor
-from careloop.domain.approvals import (
+from careloop.domain.approval_policy import (
     ApprovalPolicy,
-    ApprovalRequest,
     Decision,
-    Outcome,
     Person,
-    Standing,
     Status,
+)
+from careloop.domain.approvals import (
+    ApprovalRequest,
+    Outcome,
+    Standing,
 )
 from careloop.domain.case import Case
 from careloop.domain.errors import CareloopError, FieldProblem, InvalidInput

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from careloop.domain.approvals import ApprovalPolicySet
+from careloop.domain.approval_policy import (
+    ApprovalPolicySet,
+)
 from careloop.domain.calendar import ALWAYS_OPEN, BusinessCalendar
 from careloop.domain.errors import DefinitionInvalid, DefinitionProblem, NotFound
 from careloop.domain.routing import RoutingTable

@@ -9,7 +9,14 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol
 
-from careloop.domain.approvals import ApprovalPolicySet, ApprovalRequest, Person, Vote
+from careloop.domain.approval_policy import (
+    ApprovalPolicySet,
+    Person,
+)
+from careloop.domain.approvals import (
+    ApprovalRequest,
+    Vote,
+)
 from careloop.domain.audit import AuditEntry, AuditRecord
 from careloop.domain.case import Case
 from careloop.domain.record_rules import CaseScope

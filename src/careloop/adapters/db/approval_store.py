@@ -17,11 +17,13 @@ from careloop.adapters.db.approval_tables import (
 )
 from careloop.adapters.db.automation_tables import automation_definitions
 from careloop.adapters.db.tables import cases, users
-from careloop.domain.approvals import (
+from careloop.domain.approval_policy import (
     OPEN_STATUSES,
     ApprovalPolicySet,
-    ApprovalRequest,
     Person,
+)
+from careloop.domain.approvals import (
+    ApprovalRequest,
     Vote,
 )
 from careloop.domain.errors import NotFound
