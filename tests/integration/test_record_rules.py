@@ -160,3 +160,18 @@ def test_break_glass_needs_a_real_reason_a_short_window_and_the_right_role(app: 
     assert {p.field for p in refused.value.problems} == {"reason", "minutes"}
     with pytest.raises(OutOfReach):
         queries.get_case(app.deps, SOUTH_TRIAGE, case_id)
+
+
+def test_a_queue_filtered_to_a_clinic_shows_only_what_the_actor_reaches(app: App) -> None:
+    north = open_case(app, NORTH_INTAKE)
+    south_case, _ = create_referral(
+        app.deps, OPS, validate_referral(referral_payload(clinic="South Clinic")))
+
+    def queue(actor: Actor, clinic: str) -> set[int]:
+        rows, _ = queries.list_cases(app.deps, actor, CaseFilter(clinic=clinic), 200, None)
+        return {row["id"] for row in rows}
+
+    assert queue(NORTH_INTAKE, "North Clinic") == {north}
+    assert queue(NORTH_INTAKE, "South Clinic") == set()
+    assert queue(SOUTH_TRIAGE, "South Clinic") == {south_case.id}
+    assert queue(OPS, "North Clinic") == {north}

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, literal, or_, select, tuple_
+from sqlalchemy import Connection, String, any_, bindparam, literal, or_, select, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql import ColumnElement, Select
 
 from careloop.adapters.db.tables import TZ, Id, cases
@@ -50,8 +51,16 @@ class CaseFilter:
 
 # The record rule as SQL, built once: its values travel as bind parameters, so a scoped
 # query costs one more WHERE on a cached statement rather than a new expression tree.
+# PostgreSQL takes the lists as arrays (= ANY), which keeps the statement text fixed;
+# SQLite expands them.
 _IN_ORGANISATION = cases.c.organisation == bindparam("scope_organisation")
-_IN_REACH = or_(
+_REACH_BY_ARRAY = or_(
+    cases.c.clinic == any_(bindparam("scope_clinics", type_=ARRAY(String()))),
+    cases.c.team == any_(bindparam("scope_teams", type_=ARRAY(String()))),
+    cases.c.assignee == bindparam("scope_assignee"),
+    cases.c.created_by == bindparam("scope_submitter"),
+)
+_REACH_BY_LIST = or_(
     cases.c.clinic.in_(bindparam("scope_clinics", expanding=True)),
     cases.c.team.in_(bindparam("scope_teams", expanding=True)),
     cases.c.assignee == bindparam("scope_assignee"),
@@ -59,11 +68,13 @@ _IN_REACH = or_(
 )
 
 
-def _apply_scope(query: Select[Any], scope: CaseScope) -> tuple[Select[Any], dict[str, Any]]:
+def _apply_scope(
+    query: Select[Any], flt: CaseFilter, scope: CaseScope, dialect: str
+) -> tuple[Select[Any], dict[str, Any]]:
     """The same cases ``CaseScope.reaches`` admits, and the parameters to bind."""
     params: dict[str, Any] = {"scope_organisation": scope.organisation}
     query = query.where(_IN_ORGANISATION)
-    if scope.everything:
+    if scope.everything or _inside_reach(flt, scope):
         return query, params
     params.update(
         scope_clinics=sorted(scope.clinics),
@@ -72,7 +83,16 @@ def _apply_scope(query: Select[Any], scope: CaseScope) -> tuple[Select[Any], dic
         scope_assignee=scope.assignee,
         scope_submitter=scope.submitted_by,
     )
-    return query.where(_IN_REACH), params
+    reach = _REACH_BY_ARRAY if dialect == "postgresql" else _REACH_BY_LIST
+    return query.where(reach), params
+
+
+def _inside_reach(flt: CaseFilter, scope: CaseScope) -> bool:
+    """True when the query's own filter already keeps it inside the reach: a queue of
+    one of the actor's clinics (or of the actor's own assignments) needs no more."""
+    return (flt.clinic is not None and flt.clinic in scope.clinics) or (
+        flt.assignee is not None and flt.assignee == scope.assignee
+    )
 
 
 def search_cases(
@@ -87,7 +107,7 @@ def search_cases(
     query = _apply_filter(select(*_SUMMARY_COLUMNS), flt, now, cipher)
     params: dict[str, Any] = {}
     if scope is not None:
-        query, params = _apply_scope(query, scope)
+        query, params = _apply_scope(query, flt, scope, connection.dialect.name)
     order = (
         (cases.c.created_at.desc(), cases.c.id.desc())
         if flt.newest_first
