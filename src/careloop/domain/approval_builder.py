@@ -7,7 +7,6 @@ never loads, and each problem names the file and the line.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,12 +21,18 @@ from careloop.domain.approval_policy import (
     Step,
 )
 from careloop.domain.conditions import Condition, ConditionCompiler, ConditionError
-from careloop.domain.definition_checks import Collector, Path, as_names, check_keys, check_version
+from careloop.domain.definition_checks import (
+    Collector,
+    Path,
+    as_names,
+    check_header,
+    check_keys,
+    check_name,
+)
 from careloop.domain.errors import DefinitionInvalid
 from careloop.domain.workflow import Workflow
 from careloop.domain.workflow_builder import CaseTypeSchema, parse_duration
 
-_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,99}$")
 _TOP_KEYS = frozenset({"key", "version", "case_type", "title", "policies"})
 _POLICY_KEYS = frozenset({"key", "title", "applies_to", "when", "steps", "fallback", "segregation"})
 _STEP_KEYS = frozenset(
@@ -70,15 +75,8 @@ def build_approvals(
     if not isinstance(raw, Mapping):
         out.add((), "an approvals definition must be a mapping")
         raise DefinitionInvalid(out.problems)
-    check_keys(out, (), raw, _TOP_KEYS, required=frozenset({"key", "version", "policies"}))
-    key = str(raw.get("key", ""))
-    if not _KEY.match(key):
-        out.add(("key",), f"key {key!r} must be lower-case letters, digits, '-', '_' or '.'")
-    version = check_version(out, raw)
-    if raw.get("case_type", context.schema.name) != context.schema.name:
-        out.add(
-            ("case_type",), f"case_type {raw.get('case_type')!r} is not {context.schema.name!r}"
-        )
+    required = frozenset({"key", "version", "policies"})
+    key, version = check_header(out, raw, _TOP_KEYS, required, context.schema.name)
     policies = _Builder(out, context, compile_condition).policies(raw.get("policies"))
     if out.problems:
         raise DefinitionInvalid(out.problems)
@@ -119,8 +117,7 @@ class _Builder:
     def policy(self, path: Path, spec: Mapping[str, Any]) -> ApprovalPolicy:
         check_keys(self.out, path, spec, _POLICY_KEYS, frozenset({"key", "applies_to", "steps"}))
         key = str(spec.get("key", ""))
-        if not _KEY.match(key):
-            self.out.add((*path, "key"), f"policy key {key!r} is not a valid name")
+        check_name(self.out, (*path, "key"), key, "policy key")
         transitions, actions = self.applies_to((*path, "applies_to"), spec.get("applies_to"))
         return ApprovalPolicy(
             key=key,

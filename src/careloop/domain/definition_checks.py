@@ -6,6 +6,7 @@ one pass; each problem names the file and the nearest line of the offending node
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,3 +64,29 @@ def check_version(out: Collector, raw: Mapping[str, Any]) -> int:
         out.add(("version",), "version must be a positive integer")
         return 0
     return version
+
+
+NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,99}$")
+
+
+def check_name(out: Collector, path: Path, name: str, what: str) -> None:
+    if not NAME.match(name):
+        out.add(path, f"{what} {name!r} must be lower-case letters, digits, '-', '_' or '.'")
+
+
+def check_header(
+    out: Collector,
+    raw: Mapping[str, Any],
+    allowed: frozenset[str],
+    required: frozenset[str],
+    case_type: str,
+) -> tuple[str, int]:
+    """The keys, ``key``, ``version`` and ``case_type`` every case-type definition has;
+    returns (key, version)."""
+    check_keys(out, (), raw, allowed, required=required)
+    key = str(raw.get("key", ""))
+    check_name(out, ("key",), key, "key")
+    version = check_version(out, raw)
+    if raw.get("case_type", case_type) != case_type:
+        out.add(("case_type",), f"case_type {raw.get('case_type')!r} is not {case_type!r}")
+    return key, version

@@ -18,8 +18,9 @@ from careloop.domain.definition_checks import (
     Collector,
     Path,
     as_names,
+    check_header,
     check_keys,
-    check_version,
+    check_name,
 )
 from careloop.domain.errors import DefinitionInvalid
 from careloop.domain.rules import (
@@ -36,7 +37,6 @@ from careloop.domain.rules import (
 from careloop.domain.workflow import Workflow
 from careloop.domain.workflow_builder import CaseTypeSchema
 
-_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,99}$")
 _EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 _OFFSET = re.compile(r"^(\d+)\s*(" + "|".join(OFFSET_UNITS) + r"|m|h|d|bh|bd)$")
 _SHORT_UNITS = {
@@ -112,15 +112,8 @@ def build_ruleset(
     if not isinstance(raw, Mapping):
         out.add((), "a rule set must be a mapping")
         raise DefinitionInvalid(out.problems)
-    check_keys(out, (), raw, _TOP_KEYS, required=frozenset({"key", "version", "rules"}))
-    key = str(raw.get("key", ""))
-    if not _KEY.match(key):
-        out.add(("key",), f"key {key!r} must be lower-case letters, digits, '-', '_' or '.'")
-    version = check_version(out, raw)
-    if raw.get("case_type", context.schema.name) != context.schema.name:
-        out.add(
-            ("case_type",), f"case_type {raw.get('case_type')!r} is not {context.schema.name!r}"
-        )
+    required = frozenset({"key", "version", "rules"})
+    key, version = check_header(out, raw, _TOP_KEYS, required, context.schema.name)
     depth = raw.get("max_chain_depth", 5)
     if not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= 20:
         out.add(("max_chain_depth",), "max_chain_depth must be an integer from 1 to 20")
@@ -195,8 +188,7 @@ class _Builder:
                 continue
             check_keys(self.out, path, spec, _RULE_KEYS, frozenset({"key", "trigger", "actions"}))
             key = str(spec.get("key", ""))
-            if not _KEY.match(key):
-                self.out.add((*path, "key"), f"rule key {key!r} is not a valid name")
+            check_name(self.out, (*path, "key"), key, "rule key")
             if key in keys:
                 self.out.add((*path, "key"), f"duplicate rule key {key!r}")
             keys.add(key)
