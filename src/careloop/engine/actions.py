@@ -24,6 +24,7 @@ from careloop.services.automation_registry import AutomationConfig
 from careloop.services.cases import apply_assignment, apply_transition, apply_update
 from careloop.services.deps import Deps
 from careloop.services.ports import UnitOfWork
+from careloop.services.recording import notification_values, store_notification
 from careloop.services.referral_input import ReferralChanges, validate_changes
 
 Result = dict[str, Any]
@@ -250,38 +251,6 @@ def notify(
         body,
         context.now,
     )
-
-
-def store_notification(
-    work: UnitOfWork,
-    case_id: int,
-    key: str,
-    channel: str,
-    recipient: str,
-    subject: str,
-    body: str,
-    now: datetime,
-) -> bool:
-    """Queue a message once per ``key``. In-app messages are delivered by being stored;
-    e-mail and SMS wait in 'pending' for the messaging sender, visible until it sends."""
-    values = notification_values(case_id, key, channel, recipient, subject, body)
-    return work.webhooks.add_notification({**values, "next_attempt_at": now, "created_at": now})
-
-
-def notification_values(
-    case_id: int, key: str, channel: str, recipient: str, subject: str, body: str
-) -> dict[str, Any]:
-    """A notification row but for its times: also what an approval holds back."""
-    return {
-        "case_id": case_id,
-        "key": key[:200],
-        "channel": channel,
-        "recipient": recipient[:300],
-        "subject": subject[:300],
-        "body": body,
-        "status": "unread" if channel == "in_app" else "pending",
-        "attempts": 0,
-    }
 
 
 def resolve_recipient(context: ActionContext, to: str, channel: str) -> str | None:

@@ -25,13 +25,13 @@ from careloop.domain.approvals import (
 from careloop.domain.case import Case
 from careloop.domain.events import Event
 from careloop.domain.referral import lookup
-from careloop.engine.actions import automation_actor, store_notification
+from careloop.engine.actions import automation_actor
 from careloop.engine.outbox import Handler
 from careloop.services.approval_gate import TIMER_KIND, plan_step_timers
 from careloop.services.approvals import policy_of
 from careloop.services.deps import Deps
 from careloop.services.ports import UnitOfWork
-from careloop.services.recording import audit, publish_events
+from careloop.services.recording import audit, publish_events, store_notification
 
 
 def approval_timers(deps: Deps) -> Handler:

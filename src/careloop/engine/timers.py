@@ -20,18 +20,13 @@ from careloop.domain.referral import lookup
 from careloop.domain.rules import RuleSet
 from careloop.domain.sla import DEFAULT_LADDER, EscalationLadder, plan_sla
 from careloop.domain.workflow import Workflow
-from careloop.engine.actions import (
-    automation_actor,
-    offset_from,
-    store_notification,
-    supervisor_of,
-)
+from careloop.engine.actions import automation_actor, offset_from, supervisor_of
 from careloop.engine.runs import apply_once, new_run
 from careloop.services.automation_registry import AutomationConfig
 from careloop.services.cases import apply_assignment, apply_update
 from careloop.services.deps import Deps
 from careloop.services.ports import Clock, UnitOfWork, UnitOfWorkFactory
-from careloop.services.recording import publish_events
+from careloop.services.recording import publish_events, store_notification
 from careloop.services.referral_input import validate_changes
 
 log = logging.getLogger("careloop.timers")

@@ -31,7 +31,7 @@ from careloop.services.cases import apply_transition
 from careloop.services.deps import Deps
 from careloop.services.ports import UnitOfWork
 from careloop.services.reach import load_case
-from careloop.services.recording import audit, publish_events
+from careloop.services.recording import audit, publish_events, queue_notification
 
 MAX_QUEUE = 200
 
@@ -193,7 +193,7 @@ def _carry_out(
     """Send what the request held back; run the guarded transition as the requester
     if the workflow still allows it, else leave the grant for a coordinator."""
     for held in request.payload.get("held", []):
-        uow.webhooks.add_notification({**held, "next_attempt_at": now, "created_at": now})
+        queue_notification(uow, held, now)
     if request.target_kind != "transition":
         return
     requester = Actor(

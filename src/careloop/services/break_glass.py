@@ -14,7 +14,7 @@ from careloop.domain.access import Action, Actor
 from careloop.domain.errors import FieldProblem, InvalidInput
 from careloop.domain.events import Event
 from careloop.services.deps import Deps
-from careloop.services.recording import audit, publish_events
+from careloop.services.recording import audit, publish_events, store_notification
 
 MIN_REASON = 10
 MAX_MINUTES = 60
@@ -63,19 +63,15 @@ def break_glass(
             )
         )
         publish_events(uow, case, now)
-        uow.webhooks.add_notification(
-            {
-                "case_id": case.id,
-                "key": f"break-glass:{grant_id}",
-                "channel": "in_app",
-                "recipient": ALERT_INBOX,
-                "subject": f"Break-glass access to case {case.id} by {actor.username}",
-                "body": f"Reason: {reason.strip()}\nUntil: {expires_at.isoformat()}",
-                "status": "unread",
-                "attempts": 0,
-                "next_attempt_at": now,
-                "created_at": now,
-            }
+        store_notification(
+            uow,
+            case.id,
+            f"break-glass:{grant_id}",
+            "in_app",
+            ALERT_INBOX,
+            f"Break-glass access to case {case.id} by {actor.username}",
+            f"Reason: {reason.strip()}\nUntil: {expires_at.isoformat()}",
+            now,
         )
         uow.commit()
     return {"grant_id": grant_id, "case_id": case_id, "expires_at": expires_at}

@@ -96,3 +96,41 @@ def publish_events(
         key = f"case:{case.id}:{unique}:{event.type}"
         uow.outbox.add(case.id, event.type, payload, key, at)
     case.events.clear()
+
+
+def store_notification(
+    work: UnitOfWork,
+    case_id: int,
+    key: str,
+    channel: str,
+    recipient: str,
+    subject: str,
+    body: str,
+    now: datetime,
+) -> bool:
+    """Queue a message once per ``key``. In-app messages are delivered by being stored;
+    e-mail and SMS wait in 'pending' for the messaging sender, visible until it sends."""
+    return queue_notification(
+        work, notification_values(case_id, key, channel, recipient, subject, body), now
+    )
+
+
+def notification_values(
+    case_id: int, key: str, channel: str, recipient: str, subject: str, body: str
+) -> dict[str, Any]:
+    """A notification row but for its times: also what an approval holds back."""
+    return {
+        "case_id": case_id,
+        "key": key[:200],
+        "channel": channel,
+        "recipient": recipient[:300],
+        "subject": subject[:300],
+        "body": body,
+        "status": "unread" if channel == "in_app" else "pending",
+        "attempts": 0,
+    }
+
+
+def queue_notification(work: UnitOfWork, values: dict[str, Any], now: datetime) -> bool:
+    """Queue a prepared notification row (see ``notification_values``) once per key."""
+    return work.webhooks.add_notification({**values, "next_attempt_at": now, "created_at": now})
