@@ -365,7 +365,7 @@ def run_access_checks(search: Callable[..., Any], now: datetime, rng: random.Ran
     returned rows), for an actor at two of the three clinics whose results are identical."""
     from careloop.adapters.db.cases import CaseFilter
     from careloop.domain.access import Action, Actor
-    from careloop.domain.masking import mask_value, view_of
+    from careloop.domain.masking import mask_summaries, view_of
     from careloop.domain.record_rules import scope_of
 
     actor = Actor(user_id=99, username="sid.scheduler", roles=frozenset({"scheduler"}),
@@ -374,10 +374,7 @@ def run_access_checks(search: Callable[..., Any], now: datetime, rng: random.Ran
     def checked(flt: Any) -> list[dict[str, Any]]:
         actor.require(Action.CASE_READ)
         rows, _ = search(flt, now, LIMIT, None, scope=scope_of(actor))
-        view = view_of(actor)
-        if "patient.mrn" in view.masked:
-            for row in rows:
-                row["patient_ref"] = mask_value(row["patient_ref"])
+        mask_summaries(view_of(actor), rows)
         return list(rows)
 
     def unchecked(flt: Any) -> list[dict[str, Any]]:

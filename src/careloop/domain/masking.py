@@ -104,6 +104,15 @@ def mask_data(view: FieldView, data: dict[str, Any]) -> tuple[dict[str, Any], li
     return masked, touched
 
 
+def mask_summaries(view: FieldView, rows: list[dict[str, Any]]) -> None:
+    """Mask work-queue rows in place: their ``patient_ref`` is the MRN."""
+    if "patient.mrn" not in view.masked:
+        return
+    for row in rows:
+        if row.get("patient_ref"):
+            row["patient_ref"] = mask_value(row["patient_ref"])
+
+
 def _find(data: dict[str, Any], path: str) -> dict[str, Any] | None:
     node: Any = data
     for part in path.split(".") if path else ():

@@ -11,7 +11,7 @@ from typing import Any
 
 from careloop.domain.access import Action, Actor
 from careloop.domain.case import Case
-from careloop.domain.masking import HIDDEN, mask_value, view_of
+from careloop.domain.masking import HIDDEN, mask_summaries, view_of
 from careloop.domain.record_rules import scope_of
 from careloop.domain.workflow import Workflow
 from careloop.services.deps import Deps
@@ -63,11 +63,7 @@ def list_cases(
                 detail={"case_ids": [r["id"] for r in rows]},
             )
             uow.commit()
-    view = view_of(actor)
-    if "patient.mrn" in view.masked:
-        for row in rows:
-            if row.get("patient_ref"):
-                row["patient_ref"] = mask_value(row["patient_ref"])
+    mask_summaries(view_of(actor), rows)
     return rows, next_cursor
 
 
