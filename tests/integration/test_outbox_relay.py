@@ -3,7 +3,7 @@
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from careloop.adapters.db.tables import outbox
 from careloop.bootstrap import App
@@ -50,8 +50,9 @@ def test_a_failing_subscriber_leaves_the_event_pending_with_backoff_and_holds_la
         raise ConnectionError("receiver down")
 
     assert relay_once(app.deps.uow, app.deps.clock, [flaky]) == 0
-    # The second event of the same case is held back so order is kept.
-    assert calls == ["case.created"]
+    # Tried twice in the one call: optimistically, then (rolled back) with savepoints.
+    # The second event of the same case is held back both times so order is kept.
+    assert calls == ["case.created", "case.created"]
     with app.engine.connect() as connection:
         rows = connection.execute(select(outbox).order_by(outbox.c.id)).mappings().all()
     assert rows[0]["attempts"] == 1 and "receiver down" in rows[0]["last_error"]
@@ -94,7 +95,7 @@ def test_an_event_that_keeps_failing_is_dead_lettered_then_replayed_and_its_writ
     for _ in range(3):
         relay_once(app.deps.uow, app.deps.clock, [broken], max_attempts=3)
         clock.advance(hours=2)
-    assert attempts == 3
+    assert attempts == 6  # three relay attempts, each optimistic and then with savepoints
     with app.deps.read_uow() as work:
         dead = work.outbox.dead_letters()
         counts = work.outbox.counts()
@@ -115,3 +116,42 @@ def test_an_event_that_keeps_failing_is_dead_lettered_then_replayed_and_its_writ
         relay_once(app.deps.uow, app.deps.clock, [lambda w, e: later.append(e["event_type"])]) == 1
     )
     assert later == ["case.transitioned", "case.created"]
+
+
+def test_a_batch_that_succeeds_whole_opens_no_savepoint_and_a_failure_spares_the_rest(
+    app: App, clock: ManualClock
+) -> None:
+    first, second = _make_events(app), _make_events(app)
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        statements.append(sql)
+
+    event.listen(app.engine, "before_cursor_execute", count)
+    try:
+        handled: list[tuple[int, str]] = []
+        assert relay_once(
+            app.deps.uow, clock, [lambda w, e: handled.append((e["case_id"], e["event_type"]))]
+        ) == 2
+        assert sorted(handled) == [(first, "case.created"), (second, "case.created")]
+        assert not [sql for sql in statements if "SAVEPOINT" in sql.upper()]
+
+        def fails_for_first(work: UnitOfWork, e: Mapping[str, Any]) -> None:
+            if e["case_id"] == first:
+                raise ConnectionError("receiver down")
+            handled.append((e["case_id"], e["event_type"]))
+
+        handled.clear()
+        assert relay_once(app.deps.uow, clock, [fails_for_first]) == 1
+    finally:
+        event.remove(app.engine, "before_cursor_execute", count)
+    # The failure sent the batch round again with savepoints; the other case's event
+    # was delivered once, by that second round.
+    assert handled.count((second, "case.transitioned")) >= 1
+    with app.engine.connect() as connection:
+        rows = connection.execute(select(outbox).order_by(outbox.c.id)).mappings().all()
+    published = {(r["case_id"], r["event_type"]) for r in rows if r["published_at"] is not None}
+    assert (second, "case.transitioned") in published
+    assert (first, "case.transitioned") not in published
+    failed = [r for r in rows if r["case_id"] == first and r["last_error"]]
+    assert len(failed) == 1 and failed[0]["attempts"] == 1

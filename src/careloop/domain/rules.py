@@ -138,11 +138,13 @@ class RuleSet:
     source: str = ""
     _index: dict[tuple[str, str, str], list[Rule]] = field(default_factory=dict, repr=False)
     _timer_rules: tuple[Rule, ...] = field(default=(), repr=False)
+    _triggers: set[tuple[str, str]] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
         self._timer_rules = tuple(r for r in self.rules if r.trigger.kind is TriggerKind.TIMER)
         for rule in self.rules:
             for discriminator in rule.trigger.discriminators():
+                self._triggers.add((rule.trigger.kind.value, discriminator))
                 for specialty in rule.specialties or {ANY}:
                     key = (rule.trigger.kind.value, discriminator, specialty)
                     self._index.setdefault(key, []).append(rule)
@@ -164,6 +166,11 @@ class RuleSet:
         return [
             found[position] for position in sorted(found) if found[position].key not in replaced
         ]
+
+    def listens(self, kind: TriggerKind, discriminators: Iterable[str]) -> bool:
+        """Whether any rule, in any scope, could be triggered by such an event: the cheap
+        test that spares loading a case for the many events no rule watches."""
+        return any((kind.value, d) in self._triggers for d in (*discriminators, ANY))
 
     def timer_rules(self) -> tuple[Rule, ...]:
         return self._timer_rules

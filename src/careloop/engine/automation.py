@@ -62,6 +62,8 @@ class Automation:
         if event["case_id"] is None:
             return
         config = self._registry.current()
+        if not _concerns_automation(config, event):
+            return
         now = self._deps.clock.now()
         case = work.cases.get(int(event["case_id"]))
         self._react(work, config, case, event, now)
@@ -232,6 +234,29 @@ class Automation:
         record_task(work, actor, case, task_values(title, actor, now, case.assignee), now)
         # The task's own event is the end of the chain: no rule reacts to it.
         publish_events(work, case, now, {"depth": 99, "rule": rule_key})
+
+
+def _concerns_automation(config: AutomationConfig, event: Mapping[str, Any]) -> bool:
+    """Whether the event can cause a built-in reaction or a rule. Most events that rules
+    themselves cause (a task added, a field no rule or timer watches) cannot, and for
+    them the case is not even loaded."""
+    event_type = str(event["event_type"])
+    case_type = event["payload"].get("case_type")
+    if case_type is None or event_type in _ALWAYS_REACT:
+        return True
+    rulesets = config.rulesets.get(str(case_type), ())
+    if event_type == "case.updated" and any(
+        rule.trigger.field for ruleset in rulesets for rule in ruleset.timer_rules()
+    ):
+        return True  # a date field may have moved: its timers are re-planned
+    kind = EVENT_TRIGGERS.get(event_type)
+    return kind is not None and any(
+        ruleset.listens(kind, _discriminators(kind, event["payload"])) for ruleset in rulesets
+    )
+
+
+# Events with reactions that do not depend on rules (duplicates, SLA timers, escalation).
+_ALWAYS_REACT = frozenset({"case.created", "case.transitioned", "timer.fired"})
 
 
 def _discriminators(kind: TriggerKind, payload: Mapping[str, Any]) -> tuple[str, ...]:

@@ -301,7 +301,18 @@ class Approvals(Protocol):
     def revoke_delegation(self, delegation_id: int, at: datetime) -> None: ...
 
 
+class OptimisticAbort(Exception):
+    """A block inside an optimistic unit of work failed. Without a savepoint to undo
+    just that block, the whole transaction holds its partial writes: the caller rolls
+    it all back and does the work again with savepoints."""
+
+
 class UnitOfWork(Protocol):
+    # When true, savepoint() opens none: a failing block raises OptimisticAbort. Batch
+    # work (the outbox relay) sets it so the usual all-succeed case saves two statements
+    # per event and per rule.
+    optimistic: bool
+
     # Read-only in the protocol so adapters may expose their concrete repositories.
     @property
     def cases(self) -> CaseStore: ...
@@ -328,7 +339,10 @@ class UnitOfWork(Protocol):
     @property
     def webhooks(self) -> Webhooks: ...
 
-    def savepoint(self) -> AbstractContextManager[Any]: ...
+    def savepoint(self) -> AbstractContextManager[Any]:
+        """A nested transaction, rolled back alone when its block raises (or, when
+        ``optimistic``, no transaction and OptimisticAbort when its block raises)."""
+        ...
 
     def __enter__(self) -> UnitOfWork: ...
     def __exit__(

@@ -6,7 +6,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, func, select, update
-from sqlalchemy.exc import IntegrityError
 
 from careloop.adapters.db.automation_tables import (
     automation_definitions,
@@ -15,6 +14,7 @@ from careloop.adapters.db.automation_tables import (
     patient_keys,
     specialists,
 )
+from careloop.adapters.db.insert_new import insert_new
 from careloop.adapters.db.tables import cases
 
 
@@ -73,12 +73,7 @@ class AutomationStore:
     # -- execution log -------------------------------------------------------------
     def record_run(self, values: dict[str, Any]) -> bool:
         """Record one (event, rule) evaluation; False when it was recorded before."""
-        try:
-            with self._connection.begin_nested():
-                self._connection.execute(automation_runs.insert(), values)
-        except IntegrityError:
-            return False
-        return True
+        return insert_new(self._connection, automation_runs, values)
 
     def runs_for_case(self, case_id: int, limit: int = 500) -> list[dict[str, Any]]:
         query = (

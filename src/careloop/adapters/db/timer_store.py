@@ -6,9 +6,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, func, select, update
-from sqlalchemy.exc import IntegrityError
 
 from careloop.adapters.db.automation_tables import scheduled_jobs, timers
+from careloop.adapters.db.insert_new import insert_new
 
 
 class TimerStore:
@@ -18,14 +18,8 @@ class TimerStore:
     def plan(self, values: dict[str, Any]) -> bool:
         """Insert a pending timer; False when one with the same key exists (replanning
         the same moment twice is a no-op)."""
-        try:
-            with self._connection.begin_nested():
-                self._connection.execute(
-                    timers.insert(), {"status": "pending", "fired_at": None, **values}
-                )
-        except IntegrityError:
-            return False
-        return True
+        row = {"status": "pending", "fired_at": None, **values}
+        return insert_new(self._connection, timers, row)
 
     def plan_many(self, rows: list[dict[str, Any]]) -> None:
         """Bulk insert of timers whose keys are known to be new."""
@@ -88,14 +82,8 @@ class TimerStore:
             r.name for r in self._connection.execute(select(scheduled_jobs.c.name))
         }
         for name in names:
-            if name not in existing:
-                try:  # another worker may register it at the same moment
-                    with self._connection.begin_nested():
-                        self._connection.execute(
-                            scheduled_jobs.insert(), {"name": name, "next_run_at": now}
-                        )
-                except IntegrityError:
-                    pass
+            if name not in existing:  # another worker may register it at the same moment
+                insert_new(self._connection, scheduled_jobs, {"name": name, "next_run_at": now})
         query = (
             select(scheduled_jobs.c.name)
             .where(scheduled_jobs.c.name.in_(names), scheduled_jobs.c.next_run_at <= now)

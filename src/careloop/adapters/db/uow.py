@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -23,6 +24,17 @@ from careloop.adapters.db.records import DefinitionRepository, IdempotencyReposi
 from careloop.adapters.db.timer_store import TimerStore
 from careloop.adapters.db.webhook_store import WebhookStore
 from careloop.adapters.field_crypto import FieldCipher
+from careloop.services.ports import OptimisticAbort
+
+
+@contextmanager
+def _abort_on_error() -> Iterator[None]:
+    try:
+        yield
+    except OptimisticAbort:
+        raise
+    except Exception as error:
+        raise OptimisticAbort(repr(error)) from error
 
 
 class SqlUnitOfWork:
@@ -44,6 +56,7 @@ class SqlUnitOfWork:
         self._cipher = cipher
         self._audit_chains = audit_chains
         self._read_only = read_only
+        self.optimistic = False
         self._connection: Connection | None = None
         self._transaction: RootTransaction | None = None
         self._automation: AutomationStore | None = None
@@ -111,6 +124,8 @@ class SqlUnitOfWork:
 
     def savepoint(self) -> AbstractContextManager[Any]:
         """A nested transaction: rolled back alone when its block raises."""
+        if self.optimistic:
+            return _abort_on_error()
         return self._require_connection().begin_nested()
 
     def _require_connection(self) -> Connection:

@@ -6,7 +6,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, or_, select, update
-from sqlalchemy.exc import IntegrityError
 
 from careloop.adapters.db.automation_tables import (
     inbound_sources,
@@ -16,6 +15,7 @@ from careloop.adapters.db.automation_tables import (
     webhook_deliveries,
     webhook_subscriptions,
 )
+from careloop.adapters.db.insert_new import insert_new
 from careloop.domain.errors import NotFound
 
 _SUBSCRIPTION_COLUMNS = [c for c in webhook_subscriptions.c if c.key != "secrets"]
@@ -63,15 +63,7 @@ class WebhookStore:
     # -- deliveries ---------------------------------------------------------------
     def enqueue(self, rows: list[dict[str, Any]]) -> int:
         """Insert pending deliveries; a (subscription, message id) seen before is skipped."""
-        added = 0
-        for row in rows:
-            try:
-                with self._connection.begin_nested():
-                    self._connection.execute(webhook_deliveries.insert(), row)
-                added += 1
-            except IntegrityError:
-                continue
-        return added
+        return sum(insert_new(self._connection, webhook_deliveries, row) for row in rows)
 
     def lease_due(self, now: datetime, until: datetime, limit: int) -> list[dict[str, Any]]:
         """Lease due deliveries to this worker until ``until``; an expired lease (a worker
@@ -174,30 +166,21 @@ class WebhookStore:
         self, source: str, webhook_id: str, case_id: int, event: str, at: datetime
     ) -> bool:
         """False when this webhook-id from this source was received before."""
-        try:
-            with self._connection.begin_nested():
-                self._connection.execute(
-                    inbound_webhooks.insert(),
-                    {
-                        "source": source,
-                        "webhook_id": webhook_id,
-                        "case_id": case_id,
-                        "event": event,
-                        "received_at": at,
-                    },
-                )
-        except IntegrityError:
-            return False
-        return True
+        return insert_new(
+            self._connection,
+            inbound_webhooks,
+            {
+                "source": source,
+                "webhook_id": webhook_id,
+                "case_id": case_id,
+                "event": event,
+                "received_at": at,
+            },
+        )
 
     # -- notifications -------------------------------------------------------------
     def add_notification(self, values: dict[str, Any]) -> bool:
-        try:
-            with self._connection.begin_nested():
-                self._connection.execute(notifications.insert(), values)
-        except IntegrityError:
-            return False
-        return True
+        return insert_new(self._connection, notifications, values)
 
     def notifications(self, case_id: int) -> list[dict[str, Any]]:
         query = (
