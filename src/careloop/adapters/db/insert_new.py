@@ -10,21 +10,33 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, Table, bindparam
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.sql.dml import ReturningInsert
+
+from careloop.adapters.db.driver_sql import DriverStatement, insert_defaults
 
 
 @cache
-def _ignoring_conflicts(table: Table) -> ReturningInsert[Any]:
-    # The PostgreSQL construct renders the same clause on SQLite's compiler. Whether a
-    # row came back from RETURNING is the answer; the result's rowcount is not (it read
-    # 0 on PostgreSQL for inserted rows, with SQLAlchemy fetching the new primary key).
+def _statement(table: Table, keys: tuple[str, ...]) -> DriverStatement:
+    # SQLAlchemy does not cache ON CONFLICT statements (it compiled one per row), so
+    # each column set is compiled once per dialect here. The PostgreSQL construct
+    # renders the same clause on SQLite. Only the given columns are bound: the others
+    # keep their server defaults.
     key = next(iter(table.primary_key.columns))
-    return insert(table).on_conflict_do_nothing().returning(key)
+    values = {name: bindparam(name, type_=table.c[name].type) for name in keys}
+    statement = insert(table).values(values).on_conflict_do_nothing().returning(key)
+    return DriverStatement(statement, _defaults(table))
+
+
+@cache
+def _defaults(table: Table) -> dict[str, Any]:
+    return insert_defaults(table)
 
 
 def insert_new(connection: Connection, table: Table, values: dict[str, Any]) -> bool:
     """Insert ``values`` into ``table``; False (and nothing written) when a row with the
     same primary or unique key exists already."""
-    return connection.execute(_ignoring_conflicts(table), values).first() is not None
+    keys = tuple(sorted(values.keys() | _defaults(table).keys()))
+    # Whether RETURNING gave a row is the answer: the cursor's rowcount is not reliable
+    # for INSERT ... RETURNING across drivers.
+    return _statement(table, keys).execute(connection, values).fetchone() is not None
