@@ -171,16 +171,22 @@ def deliver_once(
         attempt = sender.send(delivery["url"], body, headers)
         outcomes.append((delivery, sent_at, attempt))
     with uow() as work:
-        for delivery, sent_at, attempt in outcomes:
-            _record(work, delivery, sent_at, attempt)
+        work.webhooks.record_attempts(
+            [_judge(work, delivery, sent_at, attempt) for delivery, sent_at, attempt in outcomes]
+        )
         work.commit()
     return len(leased)
 
 
-def _record(work: UnitOfWork, delivery: dict[str, Any], at: datetime, attempt: Attempt) -> None:
+def _judge(
+    work: UnitOfWork, delivery: dict[str, Any], at: datetime, attempt: Attempt
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The attempt's row and the delivery's new values; disables the subscription when
+    the receiver says it is gone."""
     number = int(delivery["attempts"]) + 1
     decision = decide(number, attempt, at)
     outcome: dict[str, Any] = {
+        "id": delivery["id"],
         "attempts": number,
         "last_status": attempt.status_code,
         "last_error": attempt.error if attempt.error else decision.reason,
@@ -203,15 +209,12 @@ def _record(work: UnitOfWork, delivery: dict[str, Any], at: datetime, attempt: A
         log.warning(
             "webhook subscription %s disabled: %s", delivery["subscription_id"], decision.reason
         )
-    work.webhooks.record_attempt(
-        delivery,
-        {
-            "delivery_id": delivery["id"],
-            "attempt": number,
-            "at": at,
-            "status_code": attempt.status_code,
-            "error": attempt.error,
-            "latency_ms": attempt.latency_ms,
-        },
-        outcome,
-    )
+    row = {
+        "delivery_id": delivery["id"],
+        "attempt": number,
+        "at": at,
+        "status_code": attempt.status_code,
+        "error": attempt.error,
+        "latency_ms": attempt.latency_ms,
+    }
+    return row, outcome

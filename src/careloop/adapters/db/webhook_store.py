@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, or_, select, update
+from sqlalchemy import Connection, bindparam, or_, select, update
 
 from careloop.adapters.db.automation_tables import (
     inbound_sources,
@@ -87,15 +87,26 @@ class WebhookStore:
             )
         return rows
 
-    def record_attempt(
-        self, delivery: dict[str, Any], attempt: dict[str, Any], outcome: dict[str, Any]
-    ) -> None:
-        self._connection.execute(webhook_attempts.insert(), attempt)
-        self._connection.execute(
-            update(webhook_deliveries)
-            .where(webhook_deliveries.c.id == delivery["id"])
-            .values(leased_until=None, **outcome)
-        )
+    def record_attempts(self, attempts: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+        """A batch of sends in a few statements: the attempt rows in one INSERT, and the
+        deliveries' new values in one UPDATE per shape of change (most batches: one)."""
+        if not attempts:
+            return
+        self._connection.execute(webhook_attempts.insert(), [row for row, _ in attempts])
+        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for _, outcome in attempts:
+            columns = tuple(sorted(key for key in outcome if key != "id"))
+            shapes.setdefault(columns, []).append(
+                {"delivery_id": outcome["id"], **{f"new_{k}": outcome[k] for k in columns}}
+            )
+        for columns, rows in shapes.items():
+            values = {k: bindparam(f"new_{k}", type_=webhook_deliveries.c[k].type) for k in columns}
+            statement = (
+                update(webhook_deliveries)
+                .where(webhook_deliveries.c.id == bindparam("delivery_id"))
+                .values(leased_until=None, **values)
+            )
+            self._connection.execute(statement, rows)
 
     def deliveries(
         self, subscription_id: int | None = None, status: str | None = None, limit: int = 100
