@@ -11,10 +11,10 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Engine, Select, bindparam, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from careloop.adapters.db.driver_sql import DriverStatement, insert_into, insert_row
+from careloop.adapters.db.insert_new import insert_new
 from careloop.adapters.db.tables import audit_heads, audit_log
 from careloop.domain.audit import (
     GENESIS_HASH,
@@ -135,13 +135,8 @@ class AuditStore:
         if head is None:
             # First use of this chain: create its head, tolerating a concurrent creator,
             # then lock it like any other head so appends stay strictly serial per chain.
-            try:
-                with self._connection.begin_nested():
-                    self._connection.execute(
-                        audit_heads.insert(), {"chain": chain, "seq": 0, "hash": GENESIS_HASH}
-                    )
-            except IntegrityError:
-                pass
+            head_row = {"chain": chain, "seq": 0, "hash": GENESIS_HASH}
+            insert_new(self._connection, audit_heads, head_row)
             head = _SELECT_HEAD.execute(self._connection, {"chain": chain}).fetchone()
         return int(head[0]), str(head[1])
 

@@ -6,8 +6,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, select
-from sqlalchemy.exc import IntegrityError
 
+from careloop.adapters.db.insert_new import insert_new
 from careloop.adapters.db.tables import idempotency_keys, workflow_definitions
 from careloop.domain.errors import IdempotencyConflict
 
@@ -30,22 +30,17 @@ class IdempotencyRepository:
         return dict(row) if row else None
 
     def add(self, actor_id: int, key: str, request_hash: str, case_id: int, at: datetime) -> None:
-        try:
-            with self._connection.begin_nested():
-                self._connection.execute(
-                    idempotency_keys.insert(),
-                    {
-                        "actor_id": actor_id,
-                        "key": key,
-                        "request_hash": request_hash,
-                        "case_id": case_id,
-                        "created_at": at,
-                    },
-                )
-        except IntegrityError as error:
+        row = {
+            "actor_id": actor_id,
+            "key": key,
+            "request_hash": request_hash,
+            "case_id": case_id,
+            "created_at": at,
+        }
+        if not insert_new(self._connection, idempotency_keys, row):
             raise IdempotencyConflict(
                 f"a concurrent request with Idempotency-Key {key!r} won; retry to get its result"
-            ) from error
+            )
 
 
 class DefinitionRepository:
