@@ -182,7 +182,8 @@ def relay_until_idle(app: Any, threads: int) -> int:
     def loop(i: int) -> None:
         worker = workers[i]
         while True:
-            done = relay_once(worker.uow, worker.clock, worker.handlers, worker.relay_batch)
+            done = relay_once(worker.uow, worker.clock, worker.handlers, worker.relay_batch,
+                              prepare=worker.prepare)
             total[i] += done
             with lock:
                 idle[i] = not done

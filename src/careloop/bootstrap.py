@@ -180,6 +180,7 @@ def build_worker(
             approval_timers(app.deps),
             call_integrations(integration_ports or {}),
         ],
+        prepare=automation.prepare,
         sender=sender
         or WebhookSender(
             allow_private=app.settings.webhooks_allow_private,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -56,6 +56,18 @@ class Automation:
         self._webhooks = webhooks
         self._matcher = matcher
         self._duplicate_window_days = duplicate_window_days
+
+    def prepare(self, work: UnitOfWork, events: Sequence[Mapping[str, Any]]) -> None:
+        """Load the cases of a batch's events that concern automation in one statement
+        (kept only by a deferring unit of work; see adapters/db/write_buffer.py)."""
+        config = self._registry.current()
+        wanted = {
+            int(event["case_id"])
+            for event in events
+            if event["case_id"] is not None and _concerns_automation(config, event)
+        }
+        if wanted:
+            work.cases.prefetch(wanted)
 
     def handle(self, work: UnitOfWork, event: Mapping[str, Any]) -> None:
         self._webhooks.fan_out(work, event)

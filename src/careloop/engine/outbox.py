@@ -7,14 +7,14 @@ effects (rule actions, timers, webhook deliveries) commit together with marking 
 published, so a crash repeats the whole event or none of it, never half. A failing
 event is retried with exponential backoff and jitter and dead-lettered when the schedule
 is exhausted; a later event of the same case waits behind it (per-case order) until it
-is delivered or dead.
+is delivered or dead, in the same batch as in later ones.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,6 +22,9 @@ from careloop.services.ports import Clock, OptimisticAbort, UnitOfWork, UnitOfWo
 
 log = logging.getLogger("careloop.outbox")
 Handler = Callable[[UnitOfWork, Mapping[str, Any]], None]
+# Called once per claimed batch before its events are handled, to load in one go what
+# the handlers will read one event at a time (the automation's cases).
+Preparer = Callable[[UnitOfWork, Sequence[Mapping[str, Any]]], None]
 # Events whose handlers act outside the database (careloop.engine.worker.call_integrations).
 EXTERNAL_EVENTS = frozenset({"integration.requested"})
 MAX_ATTEMPTS = 10  # 2 s, 4 s ... ~17 min: about half an hour in all, then the dead-letter queue
@@ -59,19 +62,25 @@ def relay_once(
     handlers: list[Handler],
     batch: int = 100,
     max_attempts: int = MAX_ATTEMPTS,
+    prepare: Preparer | None = None,
 ) -> int:
     """Deliver one batch; returns how many rows were published.
 
-    The batch is first tried optimistically, without a savepoint per event or per rule:
-    almost every batch succeeds whole, and savepoints were a third of the relay's
-    statements. If anything in it fails, the batch is rolled back and delivered again
-    with savepoints, so one failing event still cannot hold back the others.
+    The batch is first tried optimistically, without a savepoint per event or per rule,
+    its writes deferred to a few statements per table (adapters/db/write_buffer.py):
+    almost every batch succeeds whole. If anything in it fails, the batch is rolled back
+    and delivered again with savepoints, so one failing event still cannot hold back
+    the others.
     """
     try:
-        published = _relay_batch(uow, clock, handlers, batch, max_attempts, optimistic=True)
+        published = _relay_batch(
+            uow, clock, handlers, batch, max_attempts, prepare, optimistic=True
+        )
     except OptimisticAbort as error:
         log.debug("outbox batch failed optimistically (%s); again with savepoints", error)
-        published = _relay_batch(uow, clock, handlers, batch, max_attempts, optimistic=False)
+        published = _relay_batch(
+            uow, clock, handlers, batch, max_attempts, prepare, optimistic=False
+        )
     if published:
         log.info("outbox delivered %d events", published)
     return published
@@ -83,6 +92,7 @@ def _relay_batch(
     handlers: list[Handler],
     batch: int,
     max_attempts: int,
+    prepare: Preparer | None,
     optimistic: bool,
 ) -> int:
     published: list[int] = []
@@ -94,7 +104,12 @@ def _relay_batch(
         work.optimistic = optimistic and not any(
             row["event_type"] in EXTERNAL_EVENTS for row in rows
         )
+        if prepare is not None and rows:
+            prepare(work, rows)
+        held: set[int] = set()  # cases with a failed event: their later events wait
         for row in rows:
+            if row["case_id"] in held:
+                continue
             try:
                 with work.savepoint():
                     for handler in handlers:
@@ -114,6 +129,8 @@ def _relay_batch(
                 else:
                     log.warning("outbox %s failed (attempt %d): %r", row["id"], attempts + 1, error)
                 work.outbox.mark_failed(row["id"], repr(error), when, now)
+                if row["case_id"] is not None:
+                    held.add(row["case_id"])
                 continue
             published.append(row["id"])
         work.outbox.mark_published(published, now)

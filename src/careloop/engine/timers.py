@@ -43,10 +43,11 @@ def replan_state_timers(
     now: datetime,
     ladder: EscalationLadder = DEFAULT_LADDER,
 ) -> int:
-    """Cancel the timers of the state the case left and plan those of the one it is in."""
+    """Cancel the timers of the state the case left and plan those of the one it is in;
+    returns how many it planned (or found planned already)."""
     rows = _state_timers(config, rulesets, workflow, case, now, ladder)
-    work.timers.cancel_for_case(case.id, STATE_KINDS, now, keep=tuple(r["key"] for r in rows))
-    return sum(work.timers.plan(row) for row in rows)
+    work.timers.replan(case.id, STATE_KINDS, rows, now)
+    return len(rows)
 
 
 def _state_timers(

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from careloop.engine.outbox import Handler, relay_once
+from careloop.engine.outbox import Handler, Preparer, relay_once
 from careloop.engine.timers import fire_due_timers
 from careloop.engine.webhooks import Sender, Signer, deliver_once
 from careloop.services.ports import Clock, UnitOfWork, UnitOfWorkFactory
@@ -75,6 +75,7 @@ class Worker:
     sender: Sender
     sign: Signer
     jobs: list[Job] = field(default_factory=list)
+    prepare: Preparer | None = None
     poll_seconds: float = 1.0
     # Small relay batches keep each transaction short: rule actions write audit entries,
     # and a long transaction would hold its audit chain head against intake meanwhile.
@@ -86,7 +87,9 @@ class Worker:
 
     def loops(self) -> dict[str, Callable[[], int]]:
         return {
-            "relay": lambda: relay_once(self.uow, self.clock, self.handlers, self.relay_batch),
+            "relay": lambda: relay_once(
+                self.uow, self.clock, self.handlers, self.relay_batch, prepare=self.prepare
+            ),
             "timers": lambda: fire_due_timers(self.uow, self.clock, self.timer_batch),
             "deliveries": lambda: deliver_once(
                 self.uow, self.clock, self.sender, self.sign, self.delivery_batch

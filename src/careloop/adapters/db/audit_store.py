@@ -16,6 +16,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from careloop.adapters.db.driver_sql import DriverStatement, insert_into, insert_row
 from careloop.adapters.db.insert_new import insert_new
 from careloop.adapters.db.tables import audit_heads, audit_log
+from careloop.adapters.db.write_buffer import WriteBuffer
 from careloop.domain.audit import (
     GENESIS_HASH,
     AuditEntry,
@@ -79,20 +80,20 @@ class AuditStore:
     at random, and again when another writer turns up on it), so writers rarely wait and
     an append usually needs no read: it advances the head it left last time."""
 
-    def __init__(self, connection: Connection, chains: int) -> None:
+    def __init__(
+        self, connection: Connection, chains: int, buffer: WriteBuffer | None = None
+    ) -> None:
         self._connection = connection
         self._chains = chains
         self._chain: int | None = None
+        self._buffer = buffer
 
-    def append(self, record: AuditRecord) -> AuditEntry:
-        mine = _THREAD_CHAINS.get(self._connection.engine) or _thread_chain(self._connection)
-        if self._chain is None:
-            # One chain per transaction: two transactions can never lock heads in
-            # opposite orders, so appends cannot deadlock.
-            if mine.chain is None or mine.chain >= self._chains:
-                mine.chain, mine.head = self._pick_chain(), None
-            self._chain = mine.chain
-        chain = self._chain
+    def append(self, record: AuditRecord) -> AuditEntry | None:
+        """Append ``record``; None when a deferring batch keeps it for ``append_many``."""
+        if self._buffer is not None and self._buffer.active:
+            self._buffer.audit(record)
+            return None
+        mine, chain = self._my_chain()
         entry = None
         if mine.head is not None and mine.chain == chain:
             entry = chain_entry(chain, mine.head[0], mine.head[1], record)
@@ -106,6 +107,42 @@ class AuditStore:
         if mine.chain == chain:
             mine.head = (entry.seq, entry.hash)
         return entry
+
+    def append_many(self, records: list[AuditRecord]) -> None:
+        """Append ``records`` in order: one head advance and one driver call for all."""
+        mine, chain = self._my_chain()
+        entries = None
+        if mine.head is not None and mine.chain == chain:
+            entries = _chained(chain, mine.head, records)
+            moved = {
+                "chain": chain,
+                "prev_seq": mine.head[0],
+                "prev_hash": mine.head[1],
+                "seq": entries[-1].seq,
+                "hash": entries[-1].hash,
+            }
+            if _ADVANCE_FROM.execute(self._connection, moved).rowcount != 1:
+                entries = None
+                mine.chain, mine.head = self._pick_chain(), None  # from the next transaction
+        if entries is None:
+            entries = _chained(chain, self._lock_head(chain), records)
+            last = entries[-1]
+            _UPDATE_HEAD.execute(
+                self._connection, {"head_chain": chain, "seq": last.seq, "hash": last.hash}
+            )
+        _INSERT.execute_many(self._connection, [_row(entry) for entry in entries])
+        if mine.chain == chain:
+            mine.head = (entries[-1].seq, entries[-1].hash)
+
+    def _my_chain(self) -> tuple[_ThreadChain, int]:
+        mine = _THREAD_CHAINS.get(self._connection.engine) or _thread_chain(self._connection)
+        if self._chain is None:
+            # One chain per transaction: two transactions can never lock heads in
+            # opposite orders, so appends cannot deadlock.
+            if mine.chain is None or mine.chain >= self._chains:
+                mine.chain, mine.head = self._pick_chain(), None
+            self._chain = mine.chain
+        return mine, self._chain
 
     def _pick_chain(self) -> int:
         return random.randrange(self._chains)  # noqa: S311 - load spreading only
@@ -159,9 +196,7 @@ class AuditStore:
 
     def stream(self, query: AuditQuery, batch: int = 1000) -> Iterator[dict[str, Any]]:
         """Every matching entry in order, read in batches through one cursor."""
-        result = self._connection.execution_options(yield_per=batch).execute(
-            _report_select(query)
-        )
+        result = self._connection.execution_options(yield_per=batch).execute(_report_select(query))
         for row in result.mappings():
             yield _reported(row)
 
@@ -217,6 +252,16 @@ def _reported(row: Any) -> dict[str, Any]:
 
 def _thread_chain(connection: Connection) -> _ThreadChain:
     return _THREAD_CHAINS.setdefault(connection.engine, _ThreadChain())
+
+
+def _chained(chain: int, head: tuple[int, str], records: list[AuditRecord]) -> list[AuditEntry]:
+    entries = []
+    seq, previous = head
+    for record in records:
+        entry = chain_entry(chain, seq, previous, record)
+        entries.append(entry)
+        seq, previous = entry.seq, entry.hash
+    return entries
 
 
 def _row(entry: AuditEntry) -> dict[str, Any]:

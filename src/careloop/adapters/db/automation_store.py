@@ -14,13 +14,18 @@ from careloop.adapters.db.automation_tables import (
     patient_keys,
     specialists,
 )
+from careloop.adapters.db.driver_sql import insert_into
 from careloop.adapters.db.insert_new import insert_new
 from careloop.adapters.db.tables import cases
+from careloop.adapters.db.write_buffer import WriteBuffer
+
+_INSERT_RUN = insert_into(automation_runs)
 
 
 class AutomationStore:
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, buffer: WriteBuffer | None = None) -> None:
         self._connection = connection
+        self._buffer = buffer
 
     # -- definitions -------------------------------------------------------------
     def definitions(self, kind: str | None = None) -> list[dict[str, Any]]:
@@ -72,7 +77,13 @@ class AutomationStore:
 
     # -- execution log -------------------------------------------------------------
     def record_run(self, values: dict[str, Any]) -> bool:
-        """Record one (event, rule) evaluation; False when it was recorded before."""
+        """Record one (event, rule) evaluation; False when it was recorded before.
+
+        A deferring batch writes it with a plain INSERT later: a row recorded before
+        then fails the batch, which re-runs carefully and gets False here."""
+        if self._buffer is not None and self._buffer.active:
+            self._buffer.insert(_INSERT_RUN, dict(values))
+            return True
         return insert_new(self._connection, automation_runs, values)
 
     def runs_for_case(self, case_id: int, limit: int = 500) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from sqlalchemy import Connection, bindparam, func, insert, literal, select, upd
 from careloop.adapters.db.case_search import CaseFilter, search_cases
 from careloop.adapters.db.driver_sql import DriverStatement, insert_into, insert_row
 from careloop.adapters.db.tables import case_history, cases, documents, notes, tasks
+from careloop.adapters.db.write_buffer import WriteBuffer, copy_case
 from careloop.adapters.field_crypto import SEALED_FIELDS, FieldCipher
 from careloop.domain.case import Case
 from careloop.domain.errors import NotFound, StaleVersion
@@ -21,6 +22,28 @@ __all__ = ["CaseFilter", "CaseRepository", "search_text"]
 
 _INSERT_CASE = insert_into(cases, returning_id=True)
 _INSERT_HISTORY = insert_into(case_history)
+_INSERT_TASK_WITH_ID = DriverStatement(insert_row(tasks, with_id=True))
+# A deferred save (see write_buffer): bind names differ from the columns they set.
+_SAVED = (
+    "state",
+    "version",
+    "assignee",
+    "data",
+    "updated_at",
+    "state_entered_at",
+    "clinic",
+    "specialty",
+    "urgency",
+    "payer",
+    "team",
+    "patient_ref",
+    "search_text",
+)
+_SAVE_CASE = DriverStatement(
+    update(cases)
+    .where(cases.c.id == bindparam("case_id"), cases.c.version == bindparam("expected_version"))
+    .values({name: bindparam(f"new_{name}", type_=cases.c[name].type) for name in _SAVED})
+)
 # PostgreSQL: a new case and its first history row in one statement (one round trip).
 _NEW_CASE = insert_row(cases).returning(cases.c.id).cte("new_case")
 _INSERT_CASE_WITH_HISTORY = DriverStatement(
@@ -65,7 +88,9 @@ _GET_CASE = select(
     .where(tasks.c.case_id == cases.c.id, tasks.c.status == "open")
     .scalar_subquery()
     .label("open_tasks"),
-).where(cases.c.id == bindparam("case_id"))
+)
+_GET_CASE_BY_ID = _GET_CASE.where(cases.c.id == bindparam("case_id"))
+_GET_CASES = _GET_CASE.where(cases.c.id.in_(bindparam("case_ids", expanding=True)))
 
 
 def search_text(data: dict[str, Any], cipher: FieldCipher | None = None) -> str:
@@ -97,9 +122,19 @@ class CaseRepository:
     """Services and the domain only ever see plaintext: with a field cipher the chosen
     identifiers are sealed on the way in and opened on the way out."""
 
-    def __init__(self, connection: Connection, cipher: FieldCipher | None = None) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        cipher: FieldCipher | None = None,
+        buffer: WriteBuffer | None = None,
+    ) -> None:
         self._connection = connection
         self._cipher = cipher
+        self._buffer = buffer
+        self._next_sqlite_task_id = 0
+
+    def _deferring(self) -> WriteBuffer | None:
+        return self._buffer if self._buffer is not None and self._buffer.active else None
 
     def _sealed(self, data: dict[str, Any]) -> dict[str, Any]:
         return data if self._cipher is None else self._cipher.seal_data(data)
@@ -136,11 +171,28 @@ class CaseRepository:
         return case.id
 
     def get(self, case_id: int) -> Case:
-        row = self._connection.execute(_GET_CASE, {"case_id": case_id}).first()
+        buffer = self._deferring()
+        if buffer is not None and case_id in buffer.cases:
+            return copy_case(buffer.cases[case_id])
+        row = self._connection.execute(_GET_CASE_BY_ID, {"case_id": case_id}).first()
         if row is None:
             raise NotFound(f"case {case_id} does not exist")
+        case = self._case(row)
+        if buffer is not None:
+            buffer.cases[case_id] = copy_case(case)
+        return case
+
+    def prefetch(self, case_ids: set[int]) -> None:
+        """Load the cases a deferring batch will work on in one statement; no-op otherwise."""
+        buffer = self._deferring()
+        wanted = [i for i in case_ids if buffer is not None and i not in buffer.cases]
+        if buffer is None or not wanted:
+            return
+        for row in self._connection.execute(_GET_CASES, {"case_ids": wanted}):
+            buffer.cases[row.id] = self._case(row)
+
+    def _case(self, row: Any) -> Case:
         doc_types = list(dict.fromkeys(row.doc_types.split(","))) if row.doc_types else []
-        open_tasks = row.open_tasks
         return Case(
             id=row.id,
             case_type=row.case_type,
@@ -156,11 +208,15 @@ class CaseRepository:
             organisation=row.organisation,
             created_by=row.created_by,
             document_types=doc_types,
-            open_tasks=int(open_tasks),
+            open_tasks=int(row.open_tasks),
         )
 
     def save(self, case: Case, expected_version: int) -> None:
         """Write the case if nobody changed it since ``expected_version``; bump the version."""
+        buffer = self._deferring()
+        if buffer is not None:
+            self._defer_save(buffer, case, expected_version)
+            return
         result = self._connection.execute(
             update(cases)
             .where(cases.c.id == case.id, cases.c.version == expected_version)
@@ -183,6 +239,27 @@ class CaseRepository:
             raise StaleVersion(expected_version, int(actual))
         case.version = expected_version + 1
 
+    def _defer_save(self, buffer: WriteBuffer, case: Case, expected_version: int) -> None:
+        kept = buffer.cases.get(case.id)
+        if kept is None:
+            kept = self.get(case.id)  # the version the database holds, kept from now on
+        if kept.version != expected_version:
+            raise StaleVersion(expected_version, kept.version)
+        values = {
+            "state": case.state,
+            "version": expected_version + 1,
+            "assignee": case.assignee,
+            "data": self._sealed(case.data),
+            "updated_at": case.updated_at,
+            "state_entered_at": case.state_entered_at,
+            **_denormalised(case, self._cipher),
+        }
+        row = {f"new_{name}": value for name, value in values.items()}
+        row.update(case_id=case.id, expected_version=expected_version)
+        buffer.save_case(case.id, _SAVE_CASE, row)
+        case.version = expected_version + 1
+        buffer.cases[case.id] = copy_case(case)
+
     def add_history(
         self,
         case_id: int,
@@ -194,19 +271,21 @@ class CaseRepository:
         reason: str,
         at: datetime,
     ) -> None:
-        _INSERT_HISTORY.execute(
-            self._connection,
-            {
-                "case_id": case_id,
-                "from_state": from_state,
-                "to_state": to_state,
-                "transition": transition,
-                "actor_id": actor_id,
-                "actor_name": actor_name,
-                "reason": reason,
-                "occurred_at": at,
-            },
-        )
+        row = {
+            "case_id": case_id,
+            "from_state": from_state,
+            "to_state": to_state,
+            "transition": transition,
+            "actor_id": actor_id,
+            "actor_name": actor_name,
+            "reason": reason,
+            "occurred_at": at,
+        }
+        buffer = self._deferring()
+        if buffer is not None:
+            buffer.insert(_INSERT_HISTORY, row)
+        else:
+            _INSERT_HISTORY.execute(self._connection, row)
 
     def history(self, case_id: int) -> list[dict[str, Any]]:
         rows = self._connection.execute(
@@ -279,6 +358,14 @@ class CaseRepository:
         return dict(row)
 
     def add_task(self, case_id: int, values: dict[str, Any]) -> int:
+        buffer = self._deferring()
+        if buffer is not None:
+            task_id = buffer.next_id("tasks", self._allocate_task_ids)
+            buffer.insert(_INSERT_TASK_WITH_ID, {**values, "id": task_id, "case_id": case_id})
+            kept = buffer.cases.get(case_id)
+            if kept is not None and values.get("status", "open") == "open":
+                kept.open_tasks += 1
+            return task_id
         return int(
             self._connection.execute(
                 tasks.insert().returning(tasks.c.id), {"case_id": case_id, **values}
@@ -290,3 +377,20 @@ class CaseRepository:
             select(tasks).where(tasks.c.case_id == case_id).order_by(tasks.c.id)
         ).mappings()
         return [dict(r) for r in rows]
+
+    def _allocate_task_ids(self, count: int) -> list[int]:
+        """Reserve ``count`` task ids for deferred inserts: from the sequence on
+        PostgreSQL; on SQLite past the largest id (the transaction holds the only write
+        lock, and a clash would fail the insert and re-run the batch carefully)."""
+        cursor = self._connection.connection.cursor()
+        if self._connection.dialect.name == "postgresql":
+            cursor.execute(
+                "SELECT nextval(pg_get_serial_sequence('tasks', 'id')) FROM generate_series(1, %s)",
+                (count,),
+            )
+            return sorted(int(r[0]) for r in cursor.fetchall())
+        (largest,) = cursor.execute("SELECT coalesce(max(id), 0) FROM tasks").fetchone()
+        # Ids reserved earlier may not be written yet: start past them too.
+        start = max(int(largest) + 1, self._next_sqlite_task_id)
+        self._next_sqlite_task_id = start + count
+        return list(range(start, start + count))

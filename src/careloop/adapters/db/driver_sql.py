@@ -8,7 +8,7 @@ processor, so what is stored is exactly what SQLAlchemy would store.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -49,6 +49,25 @@ class DriverStatement:
             cursor.execute(plan.sql, values)
         else:
             cursor.execute(plan.sql, dict(zip(plan.names, values, strict=True)))
+        return cursor
+
+    def execute_many(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> Any:
+        """Run once per row in one driver call (psycopg pipelines them: one round trip
+        for the lot); returns the cursor, whose rowcount sums the rows'."""
+        plan = self._plans.get(type(connection.dialect)) or self._compile(connection.dialect)
+        positional: list[list[Any]] = []
+        for params in rows:
+            get = params.get
+            values = [get(name, default) for name, default in plan.slots]
+            for index, process in plan.processors:
+                values[index] = process(values[index])
+            positional.append(values)
+        cursor = connection.connection.cursor()
+        if plan.positional:
+            cursor.executemany(plan.sql, positional)
+        else:
+            named = [dict(zip(plan.names, values, strict=True)) for values in positional]
+            cursor.executemany(plan.sql, named)
         return cursor
 
     def _compile(self, dialect: Dialect) -> _Plan:
@@ -124,9 +143,12 @@ def insert_into(table: Table, returning_id: bool = False) -> DriverStatement:
     return DriverStatement(statement, insert_defaults(table))
 
 
-def insert_row(table: Table) -> Insert:
-    """INSERT of every column but a generated ``id``, one bind parameter per column key."""
-    columns = [c for c in table.columns if not (c.key == "id" and c.autoincrement)]
+def insert_row(table: Table, with_id: bool = False) -> Insert:
+    """INSERT of every column but a generated ``id`` (unless ``with_id``: the caller
+    allocated it), one bind parameter per column key."""
+    columns = [
+        c for c in table.columns if with_id or not (c.key == "id" and c.autoincrement)
+    ]
     return insert(table).values({c.key: bindparam(c.key, type_=c.type) for c in columns})
 
 

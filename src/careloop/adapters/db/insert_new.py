@@ -33,6 +33,11 @@ def _defaults(table: Table) -> dict[str, Any]:
     return insert_defaults(table)
 
 
+def insert_new_statement(table: Table, keys: set[str]) -> DriverStatement:
+    """The statement ``insert_new`` runs for rows with these keys (for executemany)."""
+    return _statement(table, tuple(sorted(keys | _defaults(table).keys())))
+
+
 def insert_new(connection: Connection, table: Table, values: dict[str, Any]) -> bool:
     """Insert ``values`` into ``table``; False (and nothing written) when a row with the
     same primary or unique key exists already."""

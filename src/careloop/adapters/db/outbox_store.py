@@ -5,17 +5,34 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from careloop.adapters.db.driver_sql import insert_into
 from careloop.adapters.db.tables import outbox
+from careloop.adapters.db.write_buffer import WriteBuffer
 
 _INSERT = insert_into(outbox)
+_PENDING = outbox.c.published_at.is_(None) & outbox.c.dead_at.is_(None)
+# Pending rows oldest first (the partial index ix_outbox_ready), locked as they are read.
+_CLAIM = (
+    select(outbox)
+    .where(_PENDING, outbox.c.available_at <= bindparam("now"))
+    .order_by(outbox.c.id)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+# The pending events of some cases up to an id (the partial index ix_outbox_case_pending).
+_PENDING_OF_CASES = select(outbox.c.case_id, outbox.c.id).where(
+    _PENDING,
+    outbox.c.case_id.in_(bindparam("case_ids", expanding=True)),
+    outbox.c.id <= bindparam("below"),
+)
 
 
 class OutboxStore:
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, buffer: WriteBuffer | None = None) -> None:
         self._connection = connection
+        self._buffer = buffer
 
     def add(
         self,
@@ -25,39 +42,44 @@ class OutboxStore:
         idempotency_key: str,
         at: datetime,
     ) -> None:
-        _INSERT.execute(
-            self._connection,
-            {
-                "case_id": case_id,
-                "event_type": event_type,
-                "payload": payload,
-                "idempotency_key": idempotency_key,
-                "created_at": at,
-                "available_at": at,
-                "attempts": 0,
-            },
-        )
+        row = {
+            "case_id": case_id,
+            "event_type": event_type,
+            "payload": payload,
+            "idempotency_key": idempotency_key,
+            "created_at": at,
+            "available_at": at,
+            "attempts": 0,
+        }
+        if self._buffer is not None and self._buffer.active:
+            self._buffer.insert(_INSERT, row)
+        else:
+            _INSERT.execute(self._connection, row)
 
     def claim_pending(self, now: datetime, limit: int) -> list[dict[str, Any]]:
-        """Lock a batch of due rows; other workers skip them (PostgreSQL SKIP LOCKED)."""
-        pending = outbox.c.published_at.is_(None) & outbox.c.dead_at.is_(None)
-        # Only the oldest pending event of each case is eligible: a later event never
-        # overtakes one that is waiting out a retry backoff. Grouping the pending rows
-        # (a partial index) is linear in their number whatever the planner's statistics;
-        # a per-row NOT EXISTS probe went quadratic on a burst with stale statistics.
-        heads = select(func.min(outbox.c.id)).where(pending).group_by(outbox.c.case_id)
-        query = (
-            select(outbox)
-            .where(
-                pending,
-                outbox.c.available_at <= now,
-                outbox.c.id.in_(heads) | outbox.c.case_id.is_(None),
-            )
-            .order_by(outbox.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        return [dict(r) for r in self._connection.execute(query).mappings()]
+        """Lock a batch of due rows, oldest first; other workers skip them (PostgreSQL
+        SKIP LOCKED). A row is kept only if every earlier pending event of its case is
+        in the batch too: a later event never overtakes one that waits out a retry
+        backoff or that another worker holds. Rows left out stay pending."""
+        claimed = self._connection.execute(_CLAIM, {"now": now, "limit": limit}).mappings()
+        rows = [dict(r) for r in claimed]
+        cases = {row["case_id"] for row in rows if row["case_id"] is not None}
+        if not cases:
+            return rows
+        earlier: dict[int, list[int]] = {}
+        probe = {"case_ids": sorted(cases), "below": rows[-1]["id"]}
+        for case_id, outbox_id in self._connection.execute(_PENDING_OF_CASES, probe):
+            earlier.setdefault(int(case_id), []).append(int(outbox_id))
+        kept: list[dict[str, Any]] = []
+        taken: set[int] = set()
+        for row in rows:
+            case_id = row["case_id"]
+            if case_id is None or all(
+                i in taken for i in earlier.get(case_id, ()) if i < row["id"]
+            ):
+                kept.append(row)
+                taken.add(row["id"])
+        return kept
 
     def mark_published(self, outbox_ids: list[int], at: datetime) -> None:
         """One statement for a whole delivered batch."""

@@ -214,6 +214,13 @@ outbox = Table(
         postgresql_where=text("published_at IS NULL AND dead_at IS NULL"),
         sqlite_where=text("published_at IS NULL AND dead_at IS NULL"),
     ),
+    # The claim's scan: pending rows oldest first, without sorting them all.
+    Index(
+        "ix_outbox_ready",
+        "id",
+        postgresql_where=text("published_at IS NULL AND dead_at IS NULL"),
+        sqlite_where=text("published_at IS NULL AND dead_at IS NULL"),
+    ),
 )
 
 users = Table(

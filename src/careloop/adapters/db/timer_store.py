@@ -8,12 +8,14 @@ from typing import Any
 from sqlalchemy import Connection, func, select, update
 
 from careloop.adapters.db.automation_tables import scheduled_jobs, timers
-from careloop.adapters.db.insert_new import insert_new
+from careloop.adapters.db.insert_new import insert_new, insert_new_statement
+from careloop.adapters.db.write_buffer import WriteBuffer
 
 
 class TimerStore:
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, buffer: WriteBuffer | None = None) -> None:
         self._connection = connection
+        self._buffer = buffer
 
     def plan(self, values: dict[str, Any]) -> bool:
         """Insert a pending timer; False when one with the same key exists (replanning
@@ -27,6 +29,37 @@ class TimerStore:
             self._connection.execute(
                 timers.insert(), [{"status": "pending", "fired_at": None, **r} for r in rows]
             )
+
+    def replan(
+        self, case_id: int, kinds: tuple[str, ...], rows: list[dict[str, Any]], at: datetime
+    ) -> None:
+        """Plan ``rows`` and cancel the case's other pending timers of ``kinds``. A
+        deferring batch does this for all its cases in two statements at the flush:
+        the result is the same in either order, since the planned keys are kept."""
+        planned = [{"status": "pending", "fired_at": None, **row} for row in rows]
+        buffer = self._buffer
+        if buffer is not None and buffer.active:
+            buffer.replan_timers(case_id, kinds, [row["key"] for row in planned], at)
+            for row in planned:
+                buffer.insert(insert_new_statement(timers, set(row)), row)
+            return
+        self.cancel_for_case(case_id, kinds, at, keep=tuple(row["key"] for row in planned))
+        for row in planned:
+            insert_new(self._connection, timers, row)
+
+    def cancel_replanned(
+        self, kinds: tuple[str, ...], case_ids: list[int], keep: list[str], at: datetime
+    ) -> None:
+        """The cancelling half of deferred ``replan`` calls with the same ``kinds``:
+        one statement for every case (a kept key names its case, so the lists merge)."""
+        query = update(timers).where(
+            timers.c.case_id.in_(case_ids),
+            timers.c.status == "pending",
+            timers.c.kind.in_(kinds),
+        )
+        if keep:
+            query = query.where(timers.c.key.not_in(keep))
+        self._connection.execute(query.values(status="cancelled", fired_at=at))
 
     def cancel_for_case(
         self,
@@ -78,9 +111,7 @@ class TimerStore:
 
     # -- periodic jobs -------------------------------------------------------------
     def claim_due_jobs(self, names: list[str], now: datetime) -> list[str]:
-        existing = {
-            r.name for r in self._connection.execute(select(scheduled_jobs.c.name))
-        }
+        existing = {r.name for r in self._connection.execute(select(scheduled_jobs.c.name))}
         for name in names:
             if name not in existing:  # another worker may register it at the same moment
                 insert_new(self._connection, scheduled_jobs, {"name": name, "next_run_at": now})

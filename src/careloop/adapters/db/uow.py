@@ -23,6 +23,7 @@ from careloop.adapters.db.outbox_store import OutboxStore
 from careloop.adapters.db.records import DefinitionRepository, IdempotencyRepository
 from careloop.adapters.db.timer_store import TimerStore
 from careloop.adapters.db.webhook_store import WebhookStore
+from careloop.adapters.db.write_buffer import WriteBuffer
 from careloop.adapters.field_crypto import FieldCipher
 from careloop.services.ports import OptimisticAbort
 
@@ -56,7 +57,8 @@ class SqlUnitOfWork:
         self._cipher = cipher
         self._audit_chains = audit_chains
         self._read_only = read_only
-        self.optimistic = False
+        self._optimistic = False
+        self._buffer: WriteBuffer | None = None
         self._connection: Connection | None = None
         self._transaction: RootTransaction | None = None
         self._automation: AutomationStore | None = None
@@ -78,9 +80,12 @@ class SqlUnitOfWork:
         except BaseException:
             self._release()
             raise
-        self.cases = CaseRepository(connection, self._cipher)
-        self.audit = AuditStore(connection, self._audit_chains)
-        self.outbox = OutboxStore(connection)
+        self._optimistic = False
+        self._buffer = buffer = WriteBuffer(connection)
+        self.cases = CaseRepository(connection, self._cipher, buffer)
+        self.audit = AuditStore(connection, self._audit_chains, buffer)
+        buffer.audit_sink = self.audit.append_many
+        self.outbox = OutboxStore(connection, buffer)
         self.accounts = AccountRepository(connection)
         self.idempotency = IdempotencyRepository(connection)
         self.definitions = DefinitionRepository(connection)
@@ -92,9 +97,9 @@ class SqlUnitOfWork:
         if self._automation is None:
             connection = self._require_connection()
             self._automation = (
-                AutomationStore(connection)
+                AutomationStore(connection, self._buffer)
                 if self._cipher is None
-                else _OpenedAutomationStore(connection, self._cipher)
+                else _OpenedAutomationStore(connection, self._cipher, self._buffer)
             )
         return self._automation
 
@@ -113,7 +118,9 @@ class SqlUnitOfWork:
     @property
     def timers(self) -> TimerStore:
         if self._timers is None:
-            self._timers = TimerStore(self._require_connection())
+            self._timers = TimerStore(self._require_connection(), self._buffer)
+            if self._buffer is not None:
+                self._buffer.replan_sink = self._timers.cancel_replanned
         return self._timers
 
     @property
@@ -121,6 +128,23 @@ class SqlUnitOfWork:
         if self._webhooks is None:
             self._webhooks = WebhookStore(self._require_connection())
         return self._webhooks
+
+    @property
+    def optimistic(self) -> bool:
+        return self._optimistic
+
+    @optimistic.setter
+    def optimistic(self, value: bool) -> None:
+        """Optimistic work also defers its writes (see write_buffer): with no savepoint
+        to roll back to, nothing needs to be in the database before the commit."""
+        buffer = self._buffer
+        assert buffer is not None, "used outside the unit of work"
+        if value and not self._read_only:
+            buffer.start()
+        elif buffer.active:
+            buffer.flush()
+            buffer.active = False
+        self._optimistic = value
 
     def savepoint(self) -> AbstractContextManager[Any]:
         """A nested transaction: rolled back alone when its block raises."""
@@ -134,6 +158,8 @@ class SqlUnitOfWork:
 
     def commit(self) -> None:
         assert self._transaction is not None, "commit outside the unit of work"
+        if self._buffer is not None:
+            self._buffer.flush()
         self._transaction.commit()
 
     def __exit__(
@@ -153,6 +179,7 @@ class SqlUnitOfWork:
             self._connection = None
             self._transaction = None
             self._automation = self._timers = self._webhooks = None
+            self._buffer = None
 
     def _release(self) -> None:
         if self._write_lock is not None:
@@ -163,8 +190,10 @@ class _OpenedAutomationStore(AutomationStore):
     """Duplicate candidates with their encrypted identifiers opened for the matcher,
     which compares member IDs by value. Used only with field encryption on."""
 
-    def __init__(self, connection: Connection, cipher: FieldCipher) -> None:
-        super().__init__(connection)
+    def __init__(
+        self, connection: Connection, cipher: FieldCipher, buffer: WriteBuffer | None = None
+    ) -> None:
+        super().__init__(connection, buffer)
         self._cipher = cipher
 
     def duplicate_candidates(

@@ -1,0 +1,172 @@
+"""Deferred writes for an optimistic unit of work (the outbox relay's batches).
+
+An optimistic batch undoes nothing piecemeal: any failure rolls the whole transaction
+back and the batch runs again with savepoints (careloop.engine.outbox). So the rows its
+events and rules write need not reach the database one statement each. They wait here
+and go out per statement in one driver call (psycopg pipelines an executemany: one round
+trip), when the transaction commits or just before a statement that may read a table
+they belong to. The relay sent about forty statements per referral before; a batch now
+sends a handful per table.
+
+Reads stay correct: any SQL the connection runs that names a buffered table flushes
+first (see ``watch``), and the cases the batch works on are kept as loaded or last saved
+(``cases``), so a rule sees what earlier rules did.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, event
+
+from careloop.adapters.db.driver_sql import DriverStatement
+from careloop.domain.audit import AuditRecord
+from careloop.domain.case import Case
+from careloop.services.ports import OptimisticAbort
+
+# Tables whose rows wait here. A statement naming one flushes the buffer first.
+_BUFFERED = re.compile(
+    r"\b(cases|case_history|tasks|audit_log|audit_heads|outbox|automation_runs|timers)\b"
+)
+# Writes that may change what a kept case shows (its row, its open tasks, its documents).
+_CHANGES_CASES = re.compile(
+    r"^\s*(UPDATE|INSERT|DELETE)\b.*\b(cases|tasks|documents)\b", re.S | re.I
+)
+
+
+# Cancels the other pending timers of (kinds, cases, keys kept, when): the timer store's.
+ReplanSink = Callable[[tuple[str, ...], list[int], list[str], datetime], None]
+
+
+class WriteBuffer:
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self.active = False
+        # The batch's cases by id, as loaded or as last saved (the identity map).
+        self.cases: dict[int, Case] = {}
+        # Case saves by case: (statement, row); the row's expected version is the one the
+        # database holds, however many saves the batch made since.
+        self._saves: dict[int, tuple[DriverStatement, dict[str, Any]]] = {}
+        self._inserts: dict[DriverStatement, list[Mapping[str, Any]]] = {}
+        self._audit: list[AuditRecord] = []
+        # Deferred timer replans: kinds -> (case ids, keys kept), cancelled in one go.
+        self._replans: dict[tuple[str, ...], tuple[list[int], list[str], datetime]] = {}
+        self.replan_sink: ReplanSink = _no_replans
+        self.audit_sink: Callable[[list[AuditRecord]], None] | None = None
+        self._ids: dict[str, list[int]] = {}  # table -> ids reserved, last to use first
+        self._flushing = False
+        self._watching = False
+
+    # -- switching on --------------------------------------------------------------
+    def start(self) -> None:
+        """Defer from now on, and flush before any statement that may read what waits."""
+        self.active = True
+        if not self._watching:
+            event.listen(self._connection, "before_cursor_execute", self._before_statement)
+            self._watching = True
+
+    def _before_statement(self, conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        if self._flushing:
+            return
+        if self.pending and _BUFFERED.search(sql):
+            self.flush()
+        if self.cases and _CHANGES_CASES.match(sql):
+            self.cases.clear()  # written outside the buffer: load afresh next time
+
+    # -- deferring ---------------------------------------------------------------------
+    def save_case(self, case_id: int, statement: DriverStatement, row: dict[str, Any]) -> None:
+        earlier = self._saves.get(case_id)
+        if earlier is not None:
+            row["expected_version"] = earlier[1]["expected_version"]
+        self._saves[case_id] = (statement, row)
+
+    def insert(self, statement: DriverStatement, row: Mapping[str, Any]) -> None:
+        self._inserts.setdefault(statement, []).append(row)
+
+    def audit(self, record: AuditRecord) -> None:
+        self._audit.append(record)
+
+    def replan_timers(
+        self, case_id: int, kinds: tuple[str, ...], keep: list[str], at: datetime
+    ) -> None:
+        case_ids, kept, _ = self._replans.setdefault(kinds, ([], [], at))
+        case_ids.append(case_id)
+        kept.extend(keep)
+
+    def next_id(self, table: str, allocate: Callable[[int], list[int]]) -> int:
+        """An id for a row of ``table`` inserted later; ``allocate(n)`` reserves n ids."""
+        reserved = self._ids.setdefault(table, [])
+        if not reserved:
+            reserved.extend(reversed(allocate(128)))
+        return reserved.pop()
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._saves or self._inserts or self._audit or self._replans)
+
+    # -- writing -----------------------------------------------------------------------
+    def flush(self) -> None:
+        if self._flushing or not self.pending:
+            return
+        self._flushing = True
+        try:
+            self._flush_saves()
+            replans, self._replans = self._replans, {}
+            for kinds, (case_ids, keep, at) in replans.items():
+                self.replan_sink(kinds, case_ids, keep, at)
+            inserts, self._inserts = self._inserts, {}
+            for statement, rows in inserts.items():
+                statement.execute_many(self._connection, list(rows))
+            records, self._audit = self._audit, []
+            if records:
+                assert self.audit_sink is not None, "the unit of work wires the audit log"
+                self.audit_sink(records)
+        except OptimisticAbort:
+            raise
+        except Exception as error:
+            # Whichever statement asked for the flush, the batch is the one to re-run:
+            # a row recorded before, a taken key or a constraint fails it the same way.
+            raise OptimisticAbort(f"deferred writes failed: {error!r}") from error
+        finally:
+            self._flushing = False
+
+    def _flush_saves(self) -> None:
+        saves, self._saves = self._saves, {}
+        by_statement: dict[DriverStatement, list[dict[str, Any]]] = {}
+        for statement, row in saves.values():
+            by_statement.setdefault(statement, []).append(row)
+        for statement, rows in by_statement.items():
+            changed = statement.execute_many(self._connection, rows).rowcount
+            if changed != len(rows):
+                # Someone saved one of these cases since the batch loaded it; the batch
+                # runs again carefully and that event is retried on the fresh case.
+                raise OptimisticAbort(f"{len(rows) - changed} case(s) changed meanwhile")
+
+
+def _no_replans(kinds: tuple[str, ...], case_ids: list[int], keep: list[str], at: datetime) -> None:
+    raise AssertionError("the unit of work wires the timer store")
+
+
+def copy_case(case: Case) -> Case:
+    """A case nobody else holds: the kept one must not change under its holder's edits."""
+    return Case(
+        id=case.id,
+        case_type=case.case_type,
+        workflow_key=case.workflow_key,
+        workflow_version=case.workflow_version,
+        state=case.state,
+        version=case.version,
+        data=orjson.loads(orjson.dumps(case.data)),
+        created_at=case.created_at,
+        updated_at=case.updated_at,
+        state_entered_at=case.state_entered_at,
+        assignee=case.assignee,
+        organisation=case.organisation,
+        created_by=case.created_by,
+        document_types=list(case.document_types),
+        open_tasks=case.open_tasks,
+    )
