@@ -166,12 +166,14 @@ def counts(app: Any) -> dict[str, int]:
                 for t in COUNTED}
 
 
-def relay_until_idle(app: Any, threads: int) -> int:
+def relay_until_idle(app: Any, threads: int, batch: int | None = None) -> int:
     """W relay loops (each with its own worker's handlers) until nothing is claimable."""
     from careloop.bootstrap import build_worker
     from careloop.engine.outbox import relay_once
 
     workers = [build_worker(app) for _ in range(threads)]
+    for worker in workers:
+        worker.relay_batch = batch or worker.relay_batch
     idle = [False] * threads
     total = [0] * threads
     lock = threading.Lock()
@@ -225,8 +227,8 @@ def setup_careloop(url: str, referrals: int, threads: int) -> tuple[Any, list[tu
     return app, [(int(i), int(v)) for i, v in rows]
 
 
-def run_careloop(app: Any, cases: list[tuple[int, int]], threads: int, relay_threads: int
-                 ) -> dict[str, Any]:
+def run_careloop(app: Any, cases: list[tuple[int, int]], threads: int, relay_threads: int,
+                 relay_batch: int | None = None) -> dict[str, Any]:
     from careloop.services.cases import transition_case
 
     actor = _actor()
@@ -237,7 +239,7 @@ def run_careloop(app: Any, cases: list[tuple[int, int]], threads: int, relay_thr
     t1 = time.perf_counter()
     prefixes = {"claim": "SELECT outbox.id", "savepoint": "SAVEPOINT"}
     with StatementClock(app.engine, prefixes) as statements:
-        relayed = relay_until_idle(app, relay_threads)
+        relayed = relay_until_idle(app, relay_threads, relay_batch)
     t2 = time.perf_counter()
     after = counts(app)
     return {"transitions": t1 - t0, "relay": t2 - t1, "total": t2 - t0, "latencies": latencies,
@@ -439,7 +441,8 @@ def report(ours: dict[str, Any], raw: dict[str, Any], referrals: int, threads: i
                  referrals / raw["total"])
 
 
-def bench_postgres(referrals: int, threads: int, relay_threads: int) -> None:
+def bench_postgres(referrals: int, threads: int, relay_threads: int,
+                   relay_batch: int | None) -> None:
     print(f"-- PostgreSQL: {referrals:,} referrals, {RULE_COUNT} rules on "
           "documentation_review --")
     problem = c.pg_problem()
@@ -450,7 +453,7 @@ def bench_postgres(referrals: int, threads: int, relay_threads: int) -> None:
         app, cases = setup_careloop(url, referrals, threads)
         try:
             with raw_pg_copy(url) as raw_url:
-                ours = run_careloop(app, cases, threads, relay_threads)
+                ours = run_careloop(app, cases, threads, relay_threads, relay_batch)
                 problems = check_effects(app, cases)
                 raw = run_raw_pg(raw_url, cases, threads)
         finally:
@@ -459,7 +462,8 @@ def bench_postgres(referrals: int, threads: int, relay_threads: int) -> None:
     c.line("   effects check", "; ".join(problems) if problems else "all rule effects present")
 
 
-def bench_sqlite(referrals: int, threads: int, relay_threads: int) -> None:
+def bench_sqlite(referrals: int, threads: int, relay_threads: int,
+                 relay_batch: int | None) -> None:
     print(f"-- SQLite (WAL, synchronous=FULL): {referrals:,} referrals, {RULE_COUNT} rules on "
           "documentation_review --")
     with c.temp_dir("careloop-bench-e2e-") as tmp:
@@ -467,7 +471,7 @@ def bench_sqlite(referrals: int, threads: int, relay_threads: int) -> None:
         app, cases = setup_careloop(f"sqlite:///{path}", referrals, threads)
         raw_sqlite_copy(path, tmp / "raw.db")
         try:
-            ours = run_careloop(app, cases, threads, relay_threads)
+            ours = run_careloop(app, cases, threads, relay_threads, relay_batch)
             problems = check_effects(app, cases)
         finally:
             app.engine.dispose()
@@ -482,13 +486,15 @@ def main() -> None:
     parser.add_argument("--referrals", type=int, default=None, help="default 1,000")
     parser.add_argument("--threads", type=int, default=4, help="transition threads")
     parser.add_argument("--relay-threads", type=int, default=2)
+    parser.add_argument("--relay-batch", type=int, default=None,
+                        help="events per relay batch (default: the worker's)")
     args = c.parse_args(__doc__, parser)
     referrals = args.referrals or (100 if args.quick else 1_000)
     c.header("automation end to end: transitions + rule effects vs raw writes")
     if args.backend in ("postgres", "both"):
-        bench_postgres(referrals, args.threads, args.relay_threads)
+        bench_postgres(referrals, args.threads, args.relay_threads, args.relay_batch)
     if args.backend in ("sqlite", "both"):
-        bench_sqlite(referrals, args.threads, args.relay_threads)
+        bench_sqlite(referrals, args.threads, args.relay_threads, args.relay_batch)
 
 
 if __name__ == "__main__":

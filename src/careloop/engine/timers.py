@@ -121,23 +121,24 @@ def replan_field_timers(
             if changed is not None and trigger.field.split(".")[0] not in changed:
                 continue
             anchor = _as_datetime(lookup(case.data, trigger.field))
-            key = f"field:{case.id}:{rule.key}:{anchor.isoformat() if anchor else ''}"
-            work.timers.cancel_for_case(case.id, ("field",), now, names=(rule.key,), keep=(key,))
-            if anchor is None:
-                continue
-            assert trigger.offset is not None
-            due = offset_from(config, case, anchor, trigger.offset, trigger.direction)
-            planned += work.timers.plan(
-                {
-                    "case_id": case.id,
-                    "kind": "field",
-                    "key": key,
-                    "name": rule.key,
-                    "due_at": due,
-                    "payload": {"field": trigger.field, "anchor": anchor.isoformat()},
-                    "created_at": now,
-                }
-            )
+            rows = []
+            if anchor is not None:
+                assert trigger.offset is not None
+                rows.append(
+                    {
+                        "case_id": case.id,
+                        "kind": "field",
+                        "key": f"field:{case.id}:{rule.key}:{anchor.isoformat()}",
+                        "name": rule.key,
+                        "due_at": offset_from(
+                            config, case, anchor, trigger.offset, trigger.direction
+                        ),
+                        "payload": {"field": trigger.field, "anchor": anchor.isoformat()},
+                        "created_at": now,
+                    }
+                )
+            work.timers.replan(case.id, ("field",), rows, now, names=(rule.key,))
+            planned += len(rows)
     return planned
 
 

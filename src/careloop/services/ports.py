@@ -201,7 +201,12 @@ class AutomationRecords(Protocol):
 class Timers(Protocol):
     def plan(self, values: dict[str, Any]) -> bool: ...
     def replan(
-        self, case_id: int, kinds: tuple[str, ...], rows: list[dict[str, Any]], at: datetime
+        self,
+        case_id: int,
+        kinds: tuple[str, ...],
+        rows: list[dict[str, Any]],
+        at: datetime,
+        names: tuple[str, ...] | None = None,
     ) -> None: ...
     def cancel_for_case(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from careloop.adapters.db.automation_tables import (
     automation_definitions,
@@ -17,9 +17,38 @@ from careloop.adapters.db.automation_tables import (
 from careloop.adapters.db.driver_sql import insert_into
 from careloop.adapters.db.insert_new import insert_new
 from careloop.adapters.db.tables import cases
-from careloop.adapters.db.write_buffer import WriteBuffer
+from careloop.adapters.db.write_buffer import COMMITTED_READ, WriteBuffer
 
 _INSERT_RUN = insert_into(automation_runs)
+# Built once: the relay runs these for every new case and every routed assignment.
+_CANDIDATE_IDS = (
+    select(patient_keys.c.case_id)
+    .where(
+        patient_keys.c.key.in_(bindparam("keys", expanding=True)),
+        patient_keys.c.specialty == bindparam("specialty"),
+        patient_keys.c.case_id != bindparam("case_id"),
+        patient_keys.c.created_at >= bindparam("since"),
+    )
+    .distinct()
+    .limit(bindparam("limit"))
+    .subquery()
+)
+# Other cases as committed: what this batch's rules changed on them (never the patient's
+# identity, which is what matching compares) need not be written out first.
+_CANDIDATES = (
+    select(cases.c.id, cases.c.data, cases.c.state)
+    .where(cases.c.id.in_(select(_CANDIDATE_IDS)))
+    .order_by(cases.c.id)
+    .execution_options(**{COMMITTED_READ: True})
+)
+_WORKLOAD = (
+    select(cases.c.assignee, func.count())
+    .where(
+        cases.c.assignee.in_(bindparam("names", expanding=True)),
+        cases.c.state.in_(bindparam("states", expanding=True)),
+    )
+    .group_by(cases.c.assignee)
+)
 
 
 class AutomationStore:
@@ -112,20 +141,14 @@ class AutomationStore:
         """Other recent cases of the same specialty sharing a blocking key."""
         if not keys:
             return []
-        ids = (
-            select(patient_keys.c.case_id)
-            .where(
-                patient_keys.c.key.in_(sorted(keys)),
-                patient_keys.c.specialty == specialty,
-                patient_keys.c.case_id != case_id,
-                patient_keys.c.created_at >= since,
-            )
-            .distinct()
-            .limit(limit)
-            .subquery()
-        )
-        query = select(cases.c.id, cases.c.data, cases.c.state).where(cases.c.id.in_(select(ids)))
-        return [dict(r) for r in self._connection.execute(query.order_by(cases.c.id)).mappings()]
+        params = {
+            "keys": sorted(keys),
+            "specialty": specialty,
+            "case_id": case_id,
+            "since": since,
+            "limit": limit,
+        }
+        return [dict(r) for r in self._connection.execute(_CANDIDATES, params).mappings()]
 
     def link_cases(
         self, case_id: int, other_id: int, kind: str, score: float, reasons: list[str], at: datetime
@@ -169,10 +192,6 @@ class AutomationStore:
         """How many open cases each specialist is assigned to."""
         if not names:
             return {}
-        query = (
-            select(cases.c.assignee, func.count())
-            .where(and_(cases.c.assignee.in_(names), cases.c.state.in_(open_states)))
-            .group_by(cases.c.assignee)
-        )
-        counts = {str(name): int(count) for name, count in self._connection.execute(query)}
+        params = {"names": names, "states": open_states}
+        counts = {str(n): int(count) for n, count in self._connection.execute(_WORKLOAD, params)}
         return {name: counts.get(name, 0) for name in names}

@@ -5,11 +5,25 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from careloop.adapters.db.automation_tables import scheduled_jobs, timers
 from careloop.adapters.db.insert_new import insert_new, insert_new_statement
 from careloop.adapters.db.write_buffer import WriteBuffer
+
+_CANCEL_REPLANNED = (
+    update(timers)
+    .where(
+        timers.c.case_id.in_(bindparam("case_ids", expanding=True)),
+        timers.c.status == "pending",
+        timers.c.kind.in_(bindparam("kinds", expanding=True)),
+        timers.c.key.not_in(bindparam("keep", expanding=True)),
+    )
+    .values(status="cancelled", fired_at=bindparam("at"))
+)
+_CANCEL_REPLANNED_NAMED = _CANCEL_REPLANNED.where(
+    timers.c.name.in_(bindparam("names", expanding=True))
+)
 
 
 class TimerStore:
@@ -31,35 +45,43 @@ class TimerStore:
             )
 
     def replan(
-        self, case_id: int, kinds: tuple[str, ...], rows: list[dict[str, Any]], at: datetime
+        self,
+        case_id: int,
+        kinds: tuple[str, ...],
+        rows: list[dict[str, Any]],
+        at: datetime,
+        names: tuple[str, ...] | None = None,
     ) -> None:
-        """Plan ``rows`` and cancel the case's other pending timers of ``kinds``. A
-        deferring batch does this for all its cases in two statements at the flush:
-        the result is the same in either order, since the planned keys are kept."""
+        """Plan ``rows`` and cancel the case's other pending timers of ``kinds`` (and
+        ``names``). A deferring batch does this for all its cases in two statements at
+        the flush: the result is the same in either order, since planned keys are kept."""
         planned = [{"status": "pending", "fired_at": None, **row} for row in rows]
+        keep = [row["key"] for row in planned]
         buffer = self._buffer
         if buffer is not None and buffer.active:
-            buffer.replan_timers(case_id, kinds, [row["key"] for row in planned], at)
+            buffer.replan_timers(case_id, (kinds, names), keep, at)
             for row in planned:
                 buffer.insert(insert_new_statement(timers, set(row)), row)
             return
-        self.cancel_for_case(case_id, kinds, at, keep=tuple(row["key"] for row in planned))
+        self.cancel_for_case(case_id, kinds, at, names=names, keep=tuple(keep))
         for row in planned:
             insert_new(self._connection, timers, row)
 
     def cancel_replanned(
-        self, kinds: tuple[str, ...], case_ids: list[int], keep: list[str], at: datetime
+        self,
+        which: tuple[tuple[str, ...], tuple[str, ...] | None],
+        case_ids: list[int],
+        keep: list[str],
+        at: datetime,
     ) -> None:
-        """The cancelling half of deferred ``replan`` calls with the same ``kinds``:
+        """The cancelling half of deferred ``replan`` calls for the same (kinds, names):
         one statement for every case (a kept key names its case, so the lists merge)."""
-        query = update(timers).where(
-            timers.c.case_id.in_(case_ids),
-            timers.c.status == "pending",
-            timers.c.kind.in_(kinds),
-        )
-        if keep:
-            query = query.where(timers.c.key.not_in(keep))
-        self._connection.execute(query.values(status="cancelled", fired_at=at))
+        kinds, names = which
+        params = {"case_ids": case_ids, "kinds": kinds, "keep": keep or [""], "at": at}
+        if names is None:
+            self._connection.execute(_CANCEL_REPLANNED, params)
+        else:
+            self._connection.execute(_CANCEL_REPLANNED_NAMED, {**params, "names": names})
 
     def cancel_for_case(
         self,

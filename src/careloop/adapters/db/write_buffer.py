@@ -38,8 +38,15 @@ _CHANGES_CASES = re.compile(
 )
 
 
-# Cancels the other pending timers of (kinds, cases, keys kept, when): the timer store's.
-ReplanSink = Callable[[tuple[str, ...], list[int], list[str], datetime], None]
+# Which timers a replan covers: (kinds, names or None for every name).
+TimerScope = tuple[tuple[str, ...], tuple[str, ...] | None]
+# Cancels the other pending timers of (scope, cases, keys kept, when): the timer store's.
+ReplanSink = Callable[[TimerScope, list[int], list[str], datetime], None]
+
+
+# Execution option of a read that may see the database as the batch found it: it need
+# not wait for the batch's own writes (see AutomationStore.duplicate_candidates).
+COMMITTED_READ = "careloop_committed_read"
 
 
 class WriteBuffer:
@@ -53,8 +60,8 @@ class WriteBuffer:
         self._saves: dict[int, tuple[DriverStatement, dict[str, Any]]] = {}
         self._inserts: dict[DriverStatement, list[Mapping[str, Any]]] = {}
         self._audit: list[AuditRecord] = []
-        # Deferred timer replans: kinds -> (case ids, keys kept), cancelled in one go.
-        self._replans: dict[tuple[str, ...], tuple[list[int], list[str], datetime]] = {}
+        # Deferred timer replans: scope -> (case ids, keys kept), cancelled in one go.
+        self._replans: dict[TimerScope, tuple[list[int], list[str], datetime]] = {}
         self.replan_sink: ReplanSink = _no_replans
         self.audit_sink: Callable[[list[AuditRecord]], None] | None = None
         self._ids: dict[str, list[int]] = {}  # table -> ids reserved, last to use first
@@ -69,10 +76,16 @@ class WriteBuffer:
             event.listen(self._connection, "before_cursor_execute", self._before_statement)
             self._watching = True
 
-    def _before_statement(self, conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+    def _before_statement(
+        self, conn: Any, cursor: Any, sql: str, params: Any, context: Any, many: bool
+    ) -> None:
         if self._flushing:
             return
-        if self.pending and _BUFFERED.search(sql):
+        if (
+            self.pending
+            and _BUFFERED.search(sql)
+            and not (context is not None and context.execution_options.get(COMMITTED_READ))
+        ):
             self.flush()
         if self.cases and _CHANGES_CASES.match(sql):
             self.cases.clear()  # written outside the buffer: load afresh next time
@@ -90,10 +103,8 @@ class WriteBuffer:
     def audit(self, record: AuditRecord) -> None:
         self._audit.append(record)
 
-    def replan_timers(
-        self, case_id: int, kinds: tuple[str, ...], keep: list[str], at: datetime
-    ) -> None:
-        case_ids, kept, _ = self._replans.setdefault(kinds, ([], [], at))
+    def replan_timers(self, case_id: int, scope: TimerScope, keep: list[str], at: datetime) -> None:
+        case_ids, kept, _ = self._replans.setdefault(scope, ([], [], at))
         case_ids.append(case_id)
         kept.extend(keep)
 
@@ -116,8 +127,8 @@ class WriteBuffer:
         try:
             self._flush_saves()
             replans, self._replans = self._replans, {}
-            for kinds, (case_ids, keep, at) in replans.items():
-                self.replan_sink(kinds, case_ids, keep, at)
+            for scope, (case_ids, keep, at) in replans.items():
+                self.replan_sink(scope, case_ids, keep, at)
             inserts, self._inserts = self._inserts, {}
             for statement, rows in inserts.items():
                 statement.execute_many(self._connection, list(rows))
@@ -147,7 +158,7 @@ class WriteBuffer:
                 raise OptimisticAbort(f"{len(rows) - changed} case(s) changed meanwhile")
 
 
-def _no_replans(kinds: tuple[str, ...], case_ids: list[int], keep: list[str], at: datetime) -> None:
+def _no_replans(scope: TimerScope, case_ids: list[int], keep: list[str], at: datetime) -> None:
     raise AssertionError("the unit of work wires the timer store")
 
 
