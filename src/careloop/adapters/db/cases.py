@@ -258,7 +258,11 @@ class CaseRepository:
         row.update(case_id=case.id, expected_version=expected_version)
         buffer.save_case(case.id, _SAVE_CASE, row)
         case.version = expected_version + 1
-        buffer.cases[case.id] = copy_case(case)
+        saved = copy_case(case)
+        # What hangs off the case is the store's to count: the caller's copy may predate
+        # tasks added since it was loaded.
+        saved.open_tasks, saved.document_types = kept.open_tasks, kept.document_types
+        buffer.cases[case.id] = saved
 
     def add_history(
         self,
