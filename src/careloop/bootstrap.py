@@ -190,6 +190,10 @@ def build_worker(
         sign=signed_headers,
         jobs=[],
         poll_seconds=app.settings.worker_poll_seconds,
+        # A batch's writes are deferred to its end, so on PostgreSQL a longer batch holds
+        # no lock for longer. SQLite's one writer lock is held from the batch's first
+        # statement: short batches there, so intake never waits long behind the relay.
+        relay_batch=20 if app.engine.dialect.name == "sqlite" else 100,
     )
 
 

@@ -77,8 +77,7 @@ class Worker:
     jobs: list[Job] = field(default_factory=list)
     prepare: Preparer | None = None
     poll_seconds: float = 1.0
-    # Small relay batches keep each transaction short: rule actions write audit entries,
-    # and a long transaction would hold its audit chain head against intake meanwhile.
+    # Small relay batches keep each transaction short (build_worker picks per database).
     relay_batch: int = 20
     timer_batch: int = 500
     delivery_batch: int = 50
