@@ -10,10 +10,11 @@ so exactly these ten rules are active; R referrals (default 1,000) created throu
 
 careloop (timed): all R referrals moved by ``transition_case(..., 'begin_review')`` from
 T threads (default 4), then the outbox relayed until idle by W relay threads (default 2;
-each its own ``build_worker`` handlers: event log, Automation, integrations) calling
-``relay_once`` like the worker's relay loop. The rule effects run in the relay:
-per rule a savepoint, its actions through the write path (case update + audit, or task
-+ audit), its outbox events and its automation_runs row; the events the rules cause
+each its own ``build_worker`` handlers: event log, Automation, integrations; batch size
+the worker's unless --relay-batch) calling ``relay_once`` like the worker's relay loop.
+The rule effects run in the relay: per rule its actions through the write path (case
+update + audit, or task + audit), its outbox events and its automation_runs row, written
+at the batch's end by the deferred-write buffer; the events the rules cause
 (case.updated, case.task_added) are relayed too. Total = transitions + relay.
 
 raw baseline (timed the same way, same T threads on PostgreSQL, one thread on SQLite):
