@@ -23,7 +23,8 @@ __all__ = ["CaseFilter", "CaseRepository", "search_text"]
 _INSERT_CASE = insert_into(cases, returning_id=True)
 _INSERT_HISTORY = insert_into(case_history)
 _INSERT_TASK_WITH_ID = DriverStatement(insert_row(tasks, with_id=True))
-# A deferred save (see write_buffer): bind names differ from the columns they set.
+# A deferred save (see write_buffer): bind names differ from the columns they set, which
+# are those of _saved_values.
 _SAVED = (
     "state",
     "version",
@@ -185,8 +186,10 @@ class CaseRepository:
     def prefetch(self, case_ids: set[int]) -> None:
         """Load the cases a deferring batch will work on in one statement; no-op otherwise."""
         buffer = self._deferring()
-        wanted = [i for i in case_ids if buffer is not None and i not in buffer.cases]
-        if buffer is None or not wanted:
+        if buffer is None:
+            return
+        wanted = [i for i in case_ids if i not in buffer.cases]
+        if not wanted:
             return
         for row in self._connection.execute(_GET_CASES, {"case_ids": wanted}):
             buffer.cases[row.id] = self._case(row)
@@ -220,15 +223,7 @@ class CaseRepository:
         result = self._connection.execute(
             update(cases)
             .where(cases.c.id == case.id, cases.c.version == expected_version)
-            .values(
-                state=case.state,
-                version=expected_version + 1,
-                assignee=case.assignee,
-                data=self._sealed(case.data),
-                updated_at=case.updated_at,
-                state_entered_at=case.state_entered_at,
-                **_denormalised(case, self._cipher),
-            )
+            .values(self._saved_values(case, expected_version + 1))
         )
         if result.rowcount != 1:
             actual = self._connection.execute(
@@ -239,21 +234,25 @@ class CaseRepository:
             raise StaleVersion(expected_version, int(actual))
         case.version = expected_version + 1
 
-    def _defer_save(self, buffer: WriteBuffer, case: Case, expected_version: int) -> None:
-        kept = buffer.cases.get(case.id)
-        if kept is None:
-            kept = self.get(case.id)  # the version the database holds, kept from now on
-        if kept.version != expected_version:
-            raise StaleVersion(expected_version, kept.version)
-        values = {
+    def _saved_values(self, case: Case, version: int) -> dict[str, Any]:
+        """The columns a save writes (the ones ``_SAVED`` names)."""
+        return {
             "state": case.state,
-            "version": expected_version + 1,
+            "version": version,
             "assignee": case.assignee,
             "data": self._sealed(case.data),
             "updated_at": case.updated_at,
             "state_entered_at": case.state_entered_at,
             **_denormalised(case, self._cipher),
         }
+
+    def _defer_save(self, buffer: WriteBuffer, case: Case, expected_version: int) -> None:
+        kept = buffer.cases.get(case.id)
+        if kept is None:
+            kept = self.get(case.id)  # the version the database holds, kept from now on
+        if kept.version != expected_version:
+            raise StaleVersion(expected_version, kept.version)
+        values = self._saved_values(case, expected_version + 1)
         row = {f"new_{name}": value for name, value in values.items()}
         row.update(case_id=case.id, expected_version=expected_version)
         buffer.save_case(case.id, _SAVE_CASE, row)

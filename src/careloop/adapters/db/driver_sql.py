@@ -39,36 +39,23 @@ class DriverStatement:
 
     def execute(self, connection: Connection, params: Mapping[str, Any]) -> Any:
         """Run with ``params``; returns the DBAPI cursor (fetch RETURNING rows from it)."""
-        plan = self._plans.get(type(connection.dialect)) or self._compile(connection.dialect)
-        get = params.get
-        values = [get(name, default) for name, default in plan.slots]
-        for index, process in plan.processors:
-            values[index] = process(values[index])
+        plan = self._plan(connection)
         cursor = connection.connection.cursor()
-        if plan.positional:
-            cursor.execute(plan.sql, values)
-        else:
-            cursor.execute(plan.sql, dict(zip(plan.names, values, strict=True)))
+        cursor.execute(plan.sql, _bound(plan, params))
         return cursor
 
     def execute_many(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> Any:
         """Run once per row in one driver call (psycopg pipelines them: one round trip
         for the lot); returns the cursor, whose rowcount sums the rows'."""
-        plan = self._plans.get(type(connection.dialect)) or self._compile(connection.dialect)
-        positional: list[list[Any]] = []
-        for params in rows:
-            get = params.get
-            values = [get(name, default) for name, default in plan.slots]
-            for index, process in plan.processors:
-                values[index] = process(values[index])
-            positional.append(values)
+        plan = self._plan(connection)
         cursor = connection.connection.cursor()
-        if plan.positional:
-            cursor.executemany(plan.sql, positional)
-        else:
-            named = [dict(zip(plan.names, values, strict=True)) for values in positional]
-            cursor.executemany(plan.sql, named)
+        # One plan binds every row alike: all positional or all by name.
+        batch: Any = [_bound(plan, params) for params in rows]
+        cursor.executemany(plan.sql, batch)
         return cursor
+
+    def _plan(self, connection: Connection) -> _Plan:
+        return self._plans.get(type(connection.dialect)) or self._compile(connection.dialect)
 
     def _compile(self, dialect: Dialect) -> _Plan:
         result = self._statement.compile(dialect=dialect)
@@ -96,6 +83,16 @@ class DriverStatement:
         )
         self._plans[type(dialect)] = plan
         return plan
+
+
+def _bound(plan: _Plan, params: Mapping[str, Any]) -> list[Any] | dict[str, Any]:
+    """``params`` as the driver takes them: in the plan's order (or by name), each value
+    through its column type's bind processor."""
+    get = params.get
+    values = [get(name, default) for name, default in plan.slots]
+    for index, process in plan.processors:
+        values[index] = process(values[index])
+    return values if plan.positional else dict(zip(plan.names, values, strict=True))
 
 
 def _is_datetime(type_: TypeEngine[Any]) -> bool:
@@ -146,9 +143,7 @@ def insert_into(table: Table, returning_id: bool = False) -> DriverStatement:
 def insert_row(table: Table, with_id: bool = False) -> Insert:
     """INSERT of every column but a generated ``id`` (unless ``with_id``: the caller
     allocated it), one bind parameter per column key."""
-    columns = [
-        c for c in table.columns if with_id or not (c.key == "id" and c.autoincrement)
-    ]
+    columns = [c for c in table.columns if with_id or not (c.key == "id" and c.autoincrement)]
     return insert(table).values({c.key: bindparam(c.key, type_=c.type) for c in columns})
 
 

@@ -11,7 +11,8 @@ from careloop.adapters.db.automation_tables import scheduled_jobs, timers
 from careloop.adapters.db.insert_new import insert_new, insert_new_statement
 from careloop.adapters.db.write_buffer import WriteBuffer
 
-_CANCEL_REPLANNED = (
+# Built once (with expanding lists): the relay cancels timers on every state change.
+_CANCEL = (
     update(timers)
     .where(
         timers.c.case_id.in_(bindparam("case_ids", expanding=True)),
@@ -21,9 +22,7 @@ _CANCEL_REPLANNED = (
     )
     .values(status="cancelled", fired_at=bindparam("at"))
 )
-_CANCEL_REPLANNED_NAMED = _CANCEL_REPLANNED.where(
-    timers.c.name.in_(bindparam("names", expanding=True))
-)
+_CANCEL_NAMED = _CANCEL.where(timers.c.name.in_(bindparam("names", expanding=True)))
 
 
 class TimerStore:
@@ -77,11 +76,7 @@ class TimerStore:
         """The cancelling half of deferred ``replan`` calls for the same (kinds, names):
         one statement for every case (a kept key names its case, so the lists merge)."""
         kinds, names = which
-        params = {"case_ids": case_ids, "kinds": kinds, "keep": keep or [""], "at": at}
-        if names is None:
-            self._connection.execute(_CANCEL_REPLANNED, params)
-        else:
-            self._connection.execute(_CANCEL_REPLANNED_NAMED, {**params, "names": names})
+        self.cancel_for_cases(case_ids, kinds, at, names, keep)
 
     def cancel_for_case(
         self,
@@ -93,16 +88,23 @@ class TimerStore:
     ) -> int:
         """Cancel pending timers of the case; ``keep`` names keys that stay (a replan
         that plans the very same timers again must not cancel them)."""
-        query = update(timers).where(
-            timers.c.case_id == case_id,
-            timers.c.status == "pending",
-            timers.c.kind.in_(kinds),
-        )
-        if names is not None:
-            query = query.where(timers.c.name.in_(names))
-        if keep:
-            query = query.where(timers.c.key.not_in(keep))
-        result = self._connection.execute(query.values(status="cancelled", fired_at=at))
+        return self.cancel_for_cases([case_id], kinds, at, names, list(keep))
+
+    def cancel_for_cases(
+        self,
+        case_ids: list[int],
+        kinds: tuple[str, ...],
+        at: datetime,
+        names: tuple[str, ...] | None,
+        keep: list[str],
+    ) -> int:
+        """Cancel pending timers of ``kinds`` (and ``names``) of these cases but the
+        ``keep`` keys; returns how many."""
+        params = {"case_ids": case_ids, "kinds": list(kinds), "keep": keep, "at": at}
+        if names is None:
+            result = self._connection.execute(_CANCEL, params)
+        else:
+            result = self._connection.execute(_CANCEL_NAMED, {**params, "names": list(names)})
         return int(result.rowcount or 0)
 
     def claim_due(self, now: datetime, limit: int) -> list[dict[str, Any]]:

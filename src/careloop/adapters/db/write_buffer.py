@@ -9,7 +9,7 @@ they belong to. The relay sent about forty statements per referral before; a bat
 sends a handful per table.
 
 Reads stay correct: any SQL the connection runs that names a buffered table flushes
-first (see ``watch``), and the cases the batch works on are kept as loaded or last saved
+first (see ``start``), and the cases the batch works on are kept as loaded or last saved
 (``cases``), so a rule sees what earlier rules did.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -164,20 +165,9 @@ def _no_replans(scope: TimerScope, case_ids: list[int], keep: list[str], at: dat
 
 def copy_case(case: Case) -> Case:
     """A case nobody else holds: the kept one must not change under its holder's edits."""
-    return Case(
-        id=case.id,
-        case_type=case.case_type,
-        workflow_key=case.workflow_key,
-        workflow_version=case.workflow_version,
-        state=case.state,
-        version=case.version,
+    return replace(
+        case,
         data=orjson.loads(orjson.dumps(case.data)),
-        created_at=case.created_at,
-        updated_at=case.updated_at,
-        state_entered_at=case.state_entered_at,
-        assignee=case.assignee,
-        organisation=case.organisation,
-        created_by=case.created_by,
         document_types=list(case.document_types),
-        open_tasks=case.open_tasks,
+        events=[],
     )
