@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -60,18 +61,29 @@ class WebhookFanOut:
     def __init__(self, compile_condition: ConditionCompiler) -> None:
         self._compile = compile_condition
         self._filters: dict[str, Condition] = {}
-        self._cached: tuple[float, int, list[dict[str, Any]]] = (float("-inf"), 0, [])
+        self._cached: tuple[float, weakref.ref[UnitOfWork] | None, list[dict[str, Any]]] = (
+            float("-inf"),
+            None,
+            [],
+        )
         self._lock = threading.Lock()
 
     def _subscriptions(self, work: UnitOfWork) -> list[dict[str, Any]]:
         # Read once per transaction-sized burst, not once per event: a subscription
         # added now is seen by events relayed a moment later.
+        # The owner is held weakly, not by id(): a later transaction's unit of work may
+        # get the id of a finished one, and would then see its stale list (a
+        # subscription disabled meanwhile still looked active).
         checked, owner, rows = self._cached
-        if owner == id(work) and time.monotonic() - checked < SUBSCRIPTIONS_TTL_SECONDS:
+        if (
+            owner is not None
+            and owner() is work
+            and time.monotonic() - checked < SUBSCRIPTIONS_TTL_SECONDS
+        ):
             return rows
         rows = work.webhooks.subscriptions(active_only=True)
         with self._lock:
-            self._cached = (time.monotonic(), id(work), rows)
+            self._cached = (time.monotonic(), weakref.ref(work), rows)
         return rows
 
     def fan_out(self, work: UnitOfWork, event: Mapping[str, Any]) -> int:
