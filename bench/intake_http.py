@@ -6,7 +6,12 @@ hits every side alike):
 
   careloop       create_app() on a fresh, migrated SQLite file, bearer-token auth, with
                  the in-process outbox worker that `careloop serve` runs (its event log
-                 goes to a file); --no-outbox-worker leaves it out
+                 goes to a file); --no-outbox-worker leaves it out. Concurrent POSTs share
+                 transactions (api/intake_batcher.py); the worker gives way to requests
+                 in flight for up to CARELOOP_WORKER_YIELD_SECONDS (engine/pacing.py), so
+                 during a round automation falls behind: after each careloop round the
+                 bench waits until the worker has relayed every event (no other server
+                 is measured meanwhile) and prints that backlog and how long it took
   fastapi+sqlite one sync POST route (threadpool, like careloop's) that inserts the JSON
                  body into one SQLite table with careloop's pragmas (WAL,
                  synchronous=FULL, BEGIN IMMEDIATE) and returns 201 with the row
@@ -196,6 +201,19 @@ class Side:
         self.latencies: list[float] = []
         self.statuses: dict[int, int] = {}
         self.seconds = self.server_cpu = self.client_cpu = 0.0
+        self.backlogs: list[tuple[int, float, int]] = []  # (events, seconds, left)
+
+    def drain(self, db_path: Path, timeout: float = 600) -> None:
+        """Wait until the in-process worker has relayed every event (careloop only)."""
+        pending = ("SELECT count(*) FROM outbox WHERE published_at IS NULL "
+                   "AND dead_at IS NULL")
+        t0 = time.perf_counter()
+        with sqlite3.connect(db_path, timeout=30) as connection:
+            backlog = left = connection.execute(pending).fetchone()[0]
+            while left and time.perf_counter() - t0 < timeout:
+                time.sleep(0.05)
+                left = connection.execute(pending).fetchone()[0]
+        self.backlogs.append((backlog, time.perf_counter() - t0, left))
 
     def round(self, clients: int, warmup: float, seconds: float) -> None:
         cpu0, client0 = _cpu_seconds(self.proc.pid), time.process_time()
@@ -273,6 +291,8 @@ def main() -> None:
             for _ in range(rounds):
                 for side in sides:
                     side.round(args.clients, warmup, seconds)
+                    if side.name == "careloop" and worker:
+                        side.drain(tmp / "careloop.db")
         finally:
             for side in sides:
                 if side.proc.is_alive():
@@ -287,6 +307,11 @@ def main() -> None:
     c.ratio_line("ratio careloop / fastapi noop", ours.rate, noop.rate)
     c.target_line("target >= 600 referrals/s", ours.rate >= 600, f"{ours.rate:.0f}/s")
     c.line("careloop cases stored", f"{careloop_rows}")
+    for n, (backlog, took, left) in enumerate(ours.backlogs, 1):
+        c.line(f"   round {n}: events pending when it ended",
+               f"{backlog:,}, relayed in {took:.1f} s after it"
+               + (f" ({backlog / took:,.0f}/s)" if took > 0.1 else "")
+               + (f", {left:,} STILL PENDING" if left else ""))
     if any(s != 201 for side in sides for s in side.statuses):
         sys.exit("some requests did not return 201")
 

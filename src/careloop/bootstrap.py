@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property, partial
 
@@ -33,6 +33,7 @@ from careloop.config import Settings
 from careloop.engine.approval_timers import approval_timers
 from careloop.engine.automation import Automation
 from careloop.engine.outbox import log_event
+from careloop.engine.pacing import Foreground
 from careloop.engine.webhooks import Sender, WebhookFanOut
 from careloop.engine.worker import IntegrationPort, Worker, call_integrations
 from careloop.services.accounts import PasswordHashing
@@ -67,6 +68,8 @@ class App:
     automation: AutomationRegistry
     fan_out: WebhookFanOut
     cipher: FieldCipher | None = None  # field encryption at rest; None = off
+    # Requests in flight in this process; an in-process worker gives way to them.
+    foreground: Foreground = field(default_factory=Foreground)
 
     @cached_property
     def authentication(self) -> Authentication:
@@ -190,6 +193,8 @@ def build_worker(
         sign=signed_headers,
         jobs=[],
         poll_seconds=app.settings.worker_poll_seconds,
+        foreground=app.foreground,
+        max_yield_seconds=app.settings.worker_yield_seconds,
         # A batch's writes are deferred to its end, so on PostgreSQL a longer batch holds
         # no lock for longer. SQLite's one writer lock is held from the batch's first
         # statement: short batches there, so intake never waits long behind the relay.

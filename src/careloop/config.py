@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1, le=200)
     worker_poll_seconds: float = Field(default=1.0, gt=0)
     run_worker: bool = True
+    # How long an in-process worker (careloop serve) may hold back while the API is
+    # serving requests before it runs a step anyway; 0 = never hold back.
+    worker_yield_seconds: float = Field(default=1.0, ge=0, le=60)
     # Webhook targets on private, loopback or link-local addresses are refused (SSRF)
     # unless this is set, for development against local receivers only.
     webhooks_allow_private: bool = False

@@ -12,6 +12,8 @@ from careloop.adapters.cel_conditions import compile_condition
 from careloop.adapters.webhooks import check_target, new_secret, verify
 from careloop.api import problems
 from careloop.api.blocking import BlockingPool
+from careloop.api.foreground import ForegroundMiddleware
+from careloop.api.intake_batcher import IntakeBatcher
 from careloop.api.limits import BodyLimitMiddleware
 from careloop.api.routes import access, approvals, automation, referrals, system
 from careloop.api.routes import audit as audit_routes
@@ -40,6 +42,7 @@ def create_app(app: App) -> FastAPI:
         lifespan=lifespan,
     )
     api.state.blocking = blocking
+    api.state.intake = IntakeBatcher(app.deps, blocking)
     api.state.deps = app.deps
     api.state.hashing = app.hashing
     api.state.authenticator = TokenAuthenticator(app.deps)
@@ -78,4 +81,6 @@ def create_app(app: App) -> FastAPI:
             app.deps.clock.now,
         ),
     )
+    # Outermost: a request counts as in flight from its first byte to its last.
+    api.add_middleware(ForegroundMiddleware, foreground=app.foreground)
     return api

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from careloop.engine.outbox import Handler, Preparer, relay_once
+from careloop.engine.pacing import Foreground
 from careloop.engine.timers import fire_due_timers
 from careloop.engine.webhooks import Sender, Signer, deliver_once
 from careloop.services.ports import Clock, UnitOfWork, UnitOfWorkFactory
@@ -81,6 +83,10 @@ class Worker:
     relay_batch: int = 20
     timer_batch: int = 500
     delivery_batch: int = 50
+    # Set when the worker shares its interpreter with the API (careloop serve): each
+    # loop then gives way to requests in flight, for at most max_yield_seconds.
+    foreground: Foreground | None = None
+    max_yield_seconds: float = 1.0
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -106,6 +112,7 @@ class Worker:
 
     def _loop(self, name: str, step: Callable[[], int]) -> None:
         while not self._stop.is_set():
+            self.give_way()
             try:
                 done = step()
             except Exception:  # a database hiccup must not end the loop
@@ -113,6 +120,17 @@ class Worker:
                 done = 0
             if not done:
                 self._stop.wait(self.poll_seconds)
+
+    def give_way(self) -> None:
+        """Wait while the API is busy, but never longer than max_yield_seconds: under
+        a sustained burst each loop still runs one step per interval, so automation falls
+        behind by a bounded amount and catches up when the burst ends."""
+        if self.foreground is None or self.max_yield_seconds <= 0:
+            return
+        deadline = time.monotonic() + self.max_yield_seconds
+        while self.foreground.busy() and time.monotonic() < deadline:
+            if self._stop.wait(0.01):
+                return
 
     def run_until_idle(self, max_rounds: int = 1000) -> int:
         """Run every loop until none has work left (tests and the demo)."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -30,41 +32,91 @@ def create_referral(
 ) -> tuple[Case, bool]:
     """Create a referral; returns (case, created). A replayed key returns the first case."""
     actor.require(Action.CASE_CREATE)
-    data = referral.model_dump(mode="json", exclude_none=True)
-    request_hash = _hash_request(data) if idempotency_key else ""
+    intake = _Intake(actor, referral, idempotency_key)
     now = deps.clock.now()
-    workflow = deps.workflows.latest(CASE_TYPE)
     with deps.uow() as uow:
-        if idempotency_key:
-            previous = uow.idempotency.find(actor.user_id, idempotency_key)
-            if previous is not None:
-                if previous["request_hash"] != request_hash:
-                    raise IdempotencyConflict(
-                        f"Idempotency-Key {idempotency_key!r} was used with a different body"
-                    )
-                return uow.cases.get(previous["case_id"]), False
-        case = Case(
-            id=0,
-            case_type=CASE_TYPE,
-            workflow_key=workflow.key,
-            workflow_version=workflow.version,
-            state=workflow.initial,
-            version=1,
-            data=data,
-            created_at=now,
-            updated_at=now,
-            state_entered_at=now,
-            organisation=actor.organisation,
-        )
-        uow.cases.add(case, actor.user_id, actor.username)
-        case.events.append(
-            Event("case.created", {"channel": data.get("channel", "api"), "urgency": case.urgency})
-        )
-        audit(uow, actor, "case.create", now, case=case, category="demographics")
-        publish_events(uow, case, now)
-        if idempotency_key:
-            uow.idempotency.add(actor.user_id, idempotency_key, request_hash, case.id, now)
+        result = _create(uow, deps, intake, now)
         uow.commit()
+    return result
+
+
+@dataclass(frozen=True)
+class IntakeRequest:
+    """One referral to create in a batch (create_referrals)."""
+
+    actor: Actor
+    referral: ReferralIn
+    idempotency_key: str | None = None
+
+
+IntakeResult = tuple[Case, bool] | Exception
+
+
+def create_referrals(deps: Deps, requests: Sequence[IntakeRequest]) -> list[IntakeResult]:
+    """Create several referrals in one transaction: one lock, one commit, one flush to
+    disk for the lot (group commit). Each request stands alone: one that fails (refused,
+    invalid, a reused idempotency key) rolls back to its savepoint and gets its error in
+    its place of the result; the others are created. If the commit itself fails, every
+    request gets that error and nothing is written.
+
+    The API batches concurrent POSTs through here (api/intake_batcher.py); imports of
+    many referrals at once may call it directly."""
+    intakes = [_Intake(r.actor, r.referral, r.idempotency_key) for r in requests]
+    results: list[IntakeResult] = []
+    now = deps.clock.now()
+    with deps.uow() as uow:
+        for intake in intakes:
+            try:
+                intake.actor.require(Action.CASE_CREATE)
+                with uow.savepoint():
+                    results.append(_create(uow, deps, intake, now))
+            except Exception as error:  # the request's own failure, reported to it alone
+                results.append(error)
+        uow.commit()
+    return results
+
+
+class _Intake:
+    """A create request with its JSON data and request hash, computed before the
+    transaction so none of that work happens while the write lock is held."""
+
+    def __init__(self, actor: Actor, referral: ReferralIn, idempotency_key: str | None) -> None:
+        self.actor = actor
+        self.idempotency_key = idempotency_key
+        self.data = referral.model_dump(mode="json", exclude_none=True)
+        self.request_hash = _hash_request(self.data) if idempotency_key else ""
+
+
+def _create(uow: UnitOfWork, deps: Deps, intake: _Intake, now: datetime) -> tuple[Case, bool]:
+    actor, data, key = intake.actor, intake.data, intake.idempotency_key
+    if key:
+        previous = uow.idempotency.find(actor.user_id, key)
+        if previous is not None:
+            if previous["request_hash"] != intake.request_hash:
+                raise IdempotencyConflict(f"Idempotency-Key {key!r} was used with a different body")
+            return uow.cases.get(previous["case_id"]), False
+    workflow = deps.workflows.latest(CASE_TYPE)
+    case = Case(
+        id=0,
+        case_type=CASE_TYPE,
+        workflow_key=workflow.key,
+        workflow_version=workflow.version,
+        state=workflow.initial,
+        version=1,
+        data=data,
+        created_at=now,
+        updated_at=now,
+        state_entered_at=now,
+        organisation=actor.organisation,
+    )
+    uow.cases.add(case, actor.user_id, actor.username)
+    case.events.append(
+        Event("case.created", {"channel": data.get("channel", "api"), "urgency": case.urgency})
+    )
+    audit(uow, actor, "case.create", now, case=case, category="demographics")
+    publish_events(uow, case, now)
+    if key:
+        uow.idempotency.add(actor.user_id, key, intake.request_hash, case.id, now)
     return case, True
 
 

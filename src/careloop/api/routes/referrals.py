@@ -9,6 +9,7 @@ from fastapi import APIRouter, File, Form, Header, Query, Request, Response, Upl
 
 from careloop.adapters.db.cases import CaseFilter
 from careloop.api.blocking import BlockingPool
+from careloop.api.intake_batcher import IntakeBatcher
 from careloop.api.presenters import present_case
 from careloop.api.responses import JsonResponse
 from careloop.api.schemas import AssignIn, NoteIn, TaskIn, TransitionIn, UpdateIn
@@ -17,6 +18,7 @@ from careloop.domain.case import Case
 from careloop.domain.errors import FieldProblem, InvalidInput, PayloadTooLarge
 from careloop.domain.workflow import Workflow
 from careloop.services import attachments, cases, queries
+from careloop.services.cases import IntakeRequest
 from careloop.services.deps import Deps
 from careloop.services.referral_input import ReferralIn
 
@@ -52,11 +54,10 @@ async def create_referral(
     referral: ReferralIn,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
-    # Async with one hop to the thread pool for the transaction: parsing, validation and
-    # the response stay on the event loop.
-    case, created = await _blocking(request).run(
-        cases.create_referral, _deps(request), actor, referral, idempotency_key
-    )
+    # Async, the transaction shared with concurrent creates (group commit) on the thread
+    # pool: parsing, validation and the response stay on the event loop.
+    batcher: IntakeBatcher = request.app.state.intake
+    case, created = await batcher.create(IntakeRequest(actor, referral, idempotency_key))
     workflow = await _workflow_of(request, case)
     headers = {"Location": f"/api/v1/referrals/{case.id}"}
     if not created:
