@@ -8,10 +8,13 @@ shipped ``referral-automation`` key through ``app.automation.store(..., activate
 so exactly these ten rules are active; R referrals (default 1,000) created through
 ``create_referral`` and their ``case.created`` events relayed until idle.
 
-careloop (timed): all R referrals moved by ``transition_case(..., 'begin_review')`` from
-T threads (default 4), then the outbox relayed until idle by W relay threads (default 2;
-each its own ``build_worker`` handlers: event log, Automation, integrations; batch size
-the worker's unless --relay-batch) calling ``relay_once`` like the worker's relay loop.
+careloop (timed): all R referrals moved to documentation review from T threads (default
+4), by ``transition_cases`` in batches of 200 (the bulk move a coordinator makes on a work
+queue page, POST /api/v1/referrals/transitions; one transaction per batch, its writes
+deferred to the commit), or with --single one ``transition_case`` per referral; then
+the outbox relayed until idle by W relay threads (default 2; each its own
+``build_worker`` handlers: event log, Automation, integrations; batch size the worker's
+unless --relay-batch) calling ``relay_once`` like the worker's relay loop.
 The rule effects run in the relay: per rule its actions through the write path (case
 update + audit, or task + audit), its outbox events and its automation_runs row, written
 at the batch's end by the deferred-write buffer; the events the rules cause
@@ -228,15 +231,28 @@ def setup_careloop(url: str, referrals: int, threads: int) -> tuple[Any, list[tu
     return app, [(int(i), int(v)) for i, v in rows]
 
 
+BULK = 200  # the API's most items per bulk move
+
+
 def run_careloop(app: Any, cases: list[tuple[int, int]], threads: int, relay_threads: int,
-                 relay_batch: int | None = None) -> dict[str, Any]:
-    from careloop.services.cases import transition_case
+                 relay_batch: int | None = None, single: bool = False) -> dict[str, Any]:
+    from careloop.services.cases import Move, transition_case, transition_cases
 
     actor = _actor()
+
+    def move_batch(batch: list[tuple[int, int]]) -> None:
+        results = transition_cases(app.deps, actor, [Move(i, "begin_review", v) for i, v in batch])
+        failed = [r for r in results if isinstance(r, Exception)]
+        assert not failed, failed[:3]
+
     before = counts(app)
     t0 = time.perf_counter()
-    latencies = _in_threads(threads, cases, lambda case: transition_case(
-        app.deps, actor, case[0], "begin_review", case[1]))
+    if single:
+        latencies = _in_threads(threads, cases, lambda case: transition_case(
+            app.deps, actor, case[0], "begin_review", case[1]))
+    else:
+        batches = [cases[i:i + BULK] for i in range(0, len(cases), BULK)]
+        latencies = _in_threads(threads, batches, move_batch)
     t1 = time.perf_counter()
     prefixes = {"claim": "SELECT outbox.id", "savepoint": "SAVEPOINT"}
     with StatementClock(app.engine, prefixes) as statements:
@@ -420,8 +436,9 @@ def raw_sqlite_copy(path: Path, target: Path) -> None:
 
 
 def report(ours: dict[str, Any], raw: dict[str, Any], referrals: int, threads: int,
-           relay_threads: int, backend: str) -> None:
-    c.line(f"careloop: {referrals:,} transitions, {threads} threads",
+           relay_threads: int, backend: str, single: bool) -> None:
+    how = "one per call" if single else f"bulk moves of {BULK}"
+    c.line(f"careloop: {referrals:,} transitions ({how}), {threads} threads",
            f"{ours['transitions']:.2f} s  ({c.latency_ms(ours['latencies'])})")
     c.line(f"careloop: relay until idle, {relay_threads} threads",
            f"{ours['relay']:.2f} s  ({ours['relayed']:,} events)")
@@ -443,7 +460,7 @@ def report(ours: dict[str, Any], raw: dict[str, Any], referrals: int, threads: i
 
 
 def bench_postgres(referrals: int, threads: int, relay_threads: int,
-                   relay_batch: int | None) -> None:
+                   relay_batch: int | None, single: bool) -> None:
     print(f"-- PostgreSQL: {referrals:,} referrals, {RULE_COUNT} rules on "
           "documentation_review --")
     problem = c.pg_problem()
@@ -454,17 +471,17 @@ def bench_postgres(referrals: int, threads: int, relay_threads: int,
         app, cases = setup_careloop(url, referrals, threads)
         try:
             with raw_pg_copy(url) as raw_url:
-                ours = run_careloop(app, cases, threads, relay_threads, relay_batch)
+                ours = run_careloop(app, cases, threads, relay_threads, relay_batch, single)
                 problems = check_effects(app, cases)
                 raw = run_raw_pg(raw_url, cases, threads)
         finally:
             app.engine.dispose()
-    report(ours, raw, referrals, threads, relay_threads, "psycopg")
+    report(ours, raw, referrals, threads, relay_threads, "psycopg", single)
     c.line("   effects check", "; ".join(problems) if problems else "all rule effects present")
 
 
 def bench_sqlite(referrals: int, threads: int, relay_threads: int,
-                 relay_batch: int | None) -> None:
+                 relay_batch: int | None, single: bool) -> None:
     print(f"-- SQLite (WAL, synchronous=FULL): {referrals:,} referrals, {RULE_COUNT} rules on "
           "documentation_review --")
     with c.temp_dir("careloop-bench-e2e-") as tmp:
@@ -472,12 +489,12 @@ def bench_sqlite(referrals: int, threads: int, relay_threads: int,
         app, cases = setup_careloop(f"sqlite:///{path}", referrals, threads)
         raw_sqlite_copy(path, tmp / "raw.db")
         try:
-            ours = run_careloop(app, cases, threads, relay_threads, relay_batch)
+            ours = run_careloop(app, cases, threads, relay_threads, relay_batch, single)
             problems = check_effects(app, cases)
         finally:
             app.engine.dispose()
         raw = run_raw_sqlite(tmp / "raw.db", cases)
-    report(ours, raw, referrals, threads, relay_threads, "sqlite3 (1 thread)")
+    report(ours, raw, referrals, threads, relay_threads, "sqlite3 (1 thread)", single)
     c.line("   effects check", "; ".join(problems) if problems else "all rule effects present")
 
 
@@ -489,13 +506,16 @@ def main() -> None:
     parser.add_argument("--relay-threads", type=int, default=2)
     parser.add_argument("--relay-batch", type=int, default=None,
                         help="events per relay batch (default: the worker's)")
+    parser.add_argument("--single", action="store_true",
+                        help="one transition_case per referral instead of bulk moves")
     args = c.parse_args(__doc__, parser)
     referrals = args.referrals or (100 if args.quick else 1_000)
     c.header("automation end to end: transitions + rule effects vs raw writes")
     if args.backend in ("postgres", "both"):
-        bench_postgres(referrals, args.threads, args.relay_threads, args.relay_batch)
+        bench_postgres(referrals, args.threads, args.relay_threads, args.relay_batch,
+                       args.single)
     if args.backend in ("sqlite", "both"):
-        bench_sqlite(referrals, args.threads, args.relay_threads, args.relay_batch)
+        bench_sqlite(referrals, args.threads, args.relay_threads, args.relay_batch, args.single)
 
 
 if __name__ == "__main__":

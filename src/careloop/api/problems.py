@@ -52,7 +52,20 @@ TITLES = {
 
 
 def problem(status: int, code: str, detail: str, instance: str = "", **extra: Any) -> JSONResponse:
-    body = {
+    return _problem_response(problem_body(status, code, detail, instance, **extra))
+
+
+def _problem_response(body: dict[str, Any]) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if body["status"] == 401 else None
+    return JSONResponse(
+        body, status_code=body["status"], media_type="application/problem+json", headers=headers
+    )
+
+
+def problem_body(
+    status: int, code: str, detail: str, instance: str = "", **extra: Any
+) -> dict[str, Any]:
+    return {
         "type": f"https://careloop.dev/problems/{code}",
         "title": TITLES.get(status, "Error"),
         "status": status,
@@ -61,10 +74,21 @@ def problem(status: int, code: str, detail: str, instance: str = "", **extra: An
         "instance": instance,
         **extra,
     }
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(
-        body, status_code=status, media_type="application/problem+json", headers=headers
-    )
+
+
+def error_problem(error: errors.CareloopError, instance: str) -> dict[str, Any]:
+    """The problem object of a domain error, as one item of a batch answer."""
+    status = next((s for cls, s in STATUS.items() if isinstance(error, cls)), 400)
+    extra: dict[str, Any] = {}
+    if isinstance(error, errors.InvalidInput | errors.GuardFailed) and error.problems:
+        extra["errors"] = _fields(error.problems)
+    if isinstance(error, errors.StaleVersion):
+        extra["current_version"] = error.actual
+    if isinstance(error, errors.DefinitionInvalid):
+        extra["errors"] = [
+            {"source": p.source, "line": p.line, "problem": p.problem} for p in error.problems
+        ]
+    return problem_body(status, error.code, error.detail, instance, **extra)
 
 
 def _fields(problems: list[errors.FieldProblem]) -> list[dict[str, str]]:
@@ -73,21 +97,12 @@ def _fields(problems: list[errors.FieldProblem]) -> list[dict[str, str]]:
 
 async def _careloop_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, errors.CareloopError)
-    status = next((s for cls, s in STATUS.items() if isinstance(error, cls)), 400)
     if error.audited:
         await _audit_refusal(request, error)
-    extra: dict[str, Any] = {}
-    if isinstance(error, errors.InvalidInput | errors.GuardFailed) and error.problems:
-        extra["errors"] = _fields(error.problems)
-    if isinstance(error, errors.StaleVersion):
-        extra["current_version"] = error.actual
+    body = error_problem(error, request.url.path)
     if isinstance(error, errors.ApprovalRequired):
-        extra.update(await _hold_for_approval(request, error))
-    if isinstance(error, errors.DefinitionInvalid):
-        extra["errors"] = [
-            {"source": p.source, "line": p.line, "problem": p.problem} for p in error.problems
-        ]
-    return problem(status, error.code, error.detail, request.url.path, **extra)
+        body.update(await _hold_for_approval(request, error))
+    return _problem_response(body)
 
 
 async def _validation_error(request: Request, error: Exception) -> JSONResponse:
@@ -146,9 +161,7 @@ async def _audit_refusal(request: Request, error: errors.CareloopError) -> None:
     )
 
 
-async def _hold_for_approval(
-    request: Request, error: errors.ApprovalRequired
-) -> dict[str, Any]:
+async def _hold_for_approval(request: Request, error: errors.ApprovalRequired) -> dict[str, Any]:
     """The refused transition wrote nothing; the approval requests it needs are opened
     now in a transaction of their own (see services/approval_gate.py)."""
     ids = list(error.request_ids)

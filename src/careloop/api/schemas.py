@@ -20,6 +20,18 @@ class TransitionIn(_Body):
     changes: ReferralChanges | None = None
 
 
+class MoveIn(_Body):
+    id: Annotated[int, Field(ge=1)]
+    transition: Annotated[str, Field(min_length=1, max_length=100)]
+    version: Annotated[int, Field(ge=1)]
+    reason: Annotated[str, Field(max_length=4000)] | None = None
+
+
+class BulkTransitionIn(_Body):
+    # A work queue's page at most: one transaction stays short.
+    items: Annotated[list[MoveIn], Field(min_length=1, max_length=200)]
+
+
 class UpdateIn(_Body):
     version: Annotated[int, Field(ge=1)]
     changes: ReferralChanges

@@ -16,14 +16,19 @@ from typing import Any
 
 from careloop.domain.access import Action, Actor
 from careloop.domain.case import Case
-from careloop.domain.errors import IdempotencyConflict, StaleVersion, TransitionNotAllowed
+from careloop.domain.errors import (
+    CareloopError,
+    IdempotencyConflict,
+    StaleVersion,
+    TransitionNotAllowed,
+)
 from careloop.domain.events import Event
 from careloop.domain.referral import CASE_TYPE
 from careloop.services.approval_gate import check_transition_gate
 from careloop.services.deps import Deps
-from careloop.services.ports import UnitOfWork
+from careloop.services.ports import OptimisticAbort, UnitOfWork
 from careloop.services.reach import load_case
-from careloop.services.recording import audit, publish_events
+from careloop.services.recording import audit, publish_events, refusal
 from careloop.services.referral_input import ReferralChanges, ReferralIn, merge_changes
 
 
@@ -140,6 +145,66 @@ def transition_case(
         publish_events(uow, case, now)
         uow.commit()
     return case
+
+
+@dataclass(frozen=True)
+class Move:
+    """One case to move in a batch (transition_cases)."""
+
+    case_id: int
+    transition: str
+    expected_version: int
+    reason: str | None = None
+
+
+MoveResult = Case | CareloopError
+
+
+def transition_cases(deps: Deps, actor: Actor, moves: Sequence[Move]) -> list[MoveResult]:
+    """Move several cases in one transaction (a coordinator's bulk action on a work
+    queue). Each move stands alone: one refused, stale or blocked by its guard gets its
+    error in its place of the result, audited when it is a refusal, and the others are
+    moved. An approval a move would need is not requested here: that move is answered
+    ``approval_required`` and can be made on its own.
+
+    First tried with every write deferred to the commit (adapters/db/write_buffer.py);
+    if any move fails, the batch is rolled back and run again with a savepoint per move.
+    """
+    actor.require(Action.CASE_TRANSITION)
+    try:
+        return _move_all(deps, actor, moves, optimistic=True)
+    except OptimisticAbort:
+        return _move_all(deps, actor, moves, optimistic=False)
+
+
+def _move_all(
+    deps: Deps, actor: Actor, moves: Sequence[Move], optimistic: bool
+) -> list[MoveResult]:
+    results: list[MoveResult] = []
+    now = deps.clock.now()
+    with deps.uow() as uow:
+        uow.optimistic = optimistic
+        uow.cases.prefetch({move.case_id for move in moves})
+        for move in moves:
+            try:
+                with uow.savepoint():
+                    case = _load_current(
+                        load_case(uow, actor, move.case_id, now), move.expected_version
+                    )
+                    apply_transition(uow, deps, actor, case, move.transition, move.reason, now)
+                    publish_events(uow, case, now)
+            except CareloopError as error:
+                results.append(error)
+                if error.audited:
+                    detail = f"{move.transition}: {error.detail}"
+                    record = refusal(
+                        actor, "refused case.transition", error.code, detail, move.case_id, now
+                    )
+                    uow.audit.append(record)
+                continue
+            results.append(case)
+        uow.commit()
+    return results
 
 
 def apply_transition(

@@ -56,22 +56,27 @@ def record_refusal(
     """Audit a refused request in a transaction of its own: the refused one rolled back,
     and the refusal must be on record all the same."""
     with deps.uow() as uow:
-        uow.audit.append(
-            AuditRecord(
-                occurred_at=deps.clock.now(),
-                actor_id=actor.user_id,
-                actor_name=actor.username,
-                action=action,
-                outcome="denied",
-                case_id=case_id,
-                patient_ref=f"case:{case_id}" if case_id is not None else None,
-                data_category="security",
-                source_address=actor.source_address,
-                reason="",
-                detail={"code": code, "detail": detail[:500]},
-            )
-        )
+        uow.audit.append(refusal(actor, action, code, detail, case_id, deps.clock.now()))
         uow.commit()
+
+
+def refusal(
+    actor: Actor, action: str, code: str, detail: str, case_id: int | None, at: datetime
+) -> AuditRecord:
+    """The audit record of a refused request."""
+    return AuditRecord(
+        occurred_at=at,
+        actor_id=actor.user_id,
+        actor_name=actor.username,
+        action=action,
+        outcome="denied",
+        case_id=case_id,
+        patient_ref=f"case:{case_id}" if case_id is not None else None,
+        data_category="security",
+        source_address=actor.source_address,
+        reason="",
+        detail={"code": code, "detail": detail[:500]},
+    )
 
 
 def publish_events(

@@ -11,8 +11,16 @@ from careloop.adapters.db.cases import CaseFilter
 from careloop.api.blocking import BlockingPool
 from careloop.api.intake_batcher import IntakeBatcher
 from careloop.api.presenters import present_case
+from careloop.api.problems import error_problem
 from careloop.api.responses import JsonResponse
-from careloop.api.schemas import AssignIn, NoteIn, TaskIn, TransitionIn, UpdateIn
+from careloop.api.schemas import (
+    AssignIn,
+    BulkTransitionIn,
+    NoteIn,
+    TaskIn,
+    TransitionIn,
+    UpdateIn,
+)
 from careloop.api.security import CurrentActor
 from careloop.domain.case import Case
 from careloop.domain.errors import FieldProblem, InvalidInput, PayloadTooLarge
@@ -120,6 +128,25 @@ def transition_referral(
         deps, actor, case_id, body.transition, body.version, body.reason, body.changes
     )
     return present_case(case, deps.workflows.get(case.workflow_key, case.workflow_version), actor)
+
+
+@router.post("/transitions", summary="Move several referrals in one transaction")
+def transition_referrals(request: Request, actor: CurrentActor, body: BulkTransitionIn) -> Any:
+    """Each item stands alone: the answer lists, in order, the moved referral or the
+    problem that kept it where it was (problem+json fields, with its status)."""
+    deps = _deps(request)
+    moves = [cases.Move(i.id, i.transition, i.version, i.reason) for i in body.items]
+    results = []
+    for item, result in zip(body.items, cases.transition_cases(deps, actor, moves), strict=True):
+        if isinstance(result, Case):
+            workflow = deps.workflows.get(result.workflow_key, result.workflow_version)
+            referral = present_case(result, workflow, actor)
+            results.append({"id": item.id, "status": 200, "referral": referral})
+        else:
+            instance = f"/api/v1/referrals/{item.id}/transitions"
+            problem = error_problem(result, instance)
+            results.append({"id": item.id, "status": problem["status"], "problem": problem})
+    return {"results": results}
 
 
 @router.post("/{case_id}/assignment", summary="Assign or unassign a referral")

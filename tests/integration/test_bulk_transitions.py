@@ -1,0 +1,97 @@
+"""Moving several referrals in one transaction (services.cases.transition_cases): each
+move stands alone, refusals are audited, and what moved is written like a single move."""
+
+import pytest
+from sqlalchemy import text
+
+from careloop.adapters.db.audit_store import verify_audit_log
+from careloop.bootstrap import App
+from careloop.domain.access import Actor
+from careloop.domain.case import Case
+from careloop.domain.errors import (
+    GuardFailed,
+    NotFound,
+    OutOfReach,
+    PermissionDenied,
+    StaleVersion,
+    TransitionNotAllowed,
+)
+from careloop.services.cases import Move, create_referral, transition_cases
+from careloop.services.referral_input import validate_referral
+from tests.conftest import AUDITOR, INTAKE, referral_payload
+
+
+def _cases(app: App, n: int) -> list[int]:
+    return [
+        create_referral(app.deps, INTAKE, validate_referral(referral_payload()))[0].id
+        for _ in range(n)
+    ]
+
+
+def _scalar(app: App, sql: str) -> int:
+    with app.engine.connect() as connection:
+        return int(connection.execute(text(sql)).scalar_one())
+
+
+def test_a_batch_of_good_moves_is_written_like_single_moves(app: App) -> None:
+    ids = _cases(app, 3)
+
+    results = transition_cases(app.deps, INTAKE, [Move(i, "begin_review", 1) for i in ids])
+
+    assert all(isinstance(r, Case) and r.state == "documentation_review" for r in results)
+    with app.deps.read_uow() as work:
+        for case_id in ids:
+            stored = work.cases.get(case_id)
+            assert (stored.state, stored.version) == ("documentation_review", 2)
+            assert [h["to_state"] for h in work.cases.history(case_id)][-1] == (
+                "documentation_review"
+            )
+    assert _scalar(app, "SELECT count(*) FROM outbox WHERE event_type = 'case.transitioned'") == 3
+    assert _scalar(app, "SELECT count(*) FROM audit_log WHERE action = 'case.transition'") == 3
+    assert all(result.ok for result in verify_audit_log(app.engine))
+
+
+def test_each_move_stands_alone_and_refusals_are_audited(app: App) -> None:
+    good, stale, guarded, elsewhere = _cases(app, 4)
+    far = Actor(
+        user_id=9,
+        username="far.away",
+        roles=frozenset({"intake_coordinator"}),
+        source_address="127.0.0.1",
+        locations=frozenset({"a-clinic-nobody-uses"}),
+    )
+    moves = [
+        Move(good, "begin_review", 1),
+        Move(stale, "begin_review", 5),
+        Move(guarded, "cancel", 1),  # a cancel needs a reason
+        Move(good, "begin_review", 2),  # already moved by the first
+        Move(999_999, "begin_review", 1),
+    ]
+
+    results = transition_cases(app.deps, INTAKE, moves)
+    (far_result,) = transition_cases(app.deps, far, [Move(elsewhere, "begin_review", 1)])
+
+    assert isinstance(results[0], Case) and results[0].state == "documentation_review"
+    assert [type(r) for r in results[1:]] == [
+        StaleVersion,
+        GuardFailed,
+        TransitionNotAllowed,
+        NotFound,
+    ]
+    assert isinstance(far_result, OutOfReach)
+    with app.deps.read_uow() as work:
+        assert [work.cases.get(i).version for i in (good, stale, guarded, elsewhere)] == [
+            2, 1, 1, 1,
+        ]
+    assert _scalar(app, "SELECT count(*) FROM outbox WHERE event_type = 'case.transitioned'") == 1
+    # Only the refusal (a case out of the actor's reach) is a security event.
+    refusals = _scalar(app, "SELECT count(*) FROM audit_log WHERE outcome = 'denied'")
+    assert refusals == 1
+    assert all(result.ok for result in verify_audit_log(app.engine))
+
+
+def test_an_actor_who_may_not_move_cases_is_refused_whole(app: App) -> None:
+    (case_id,) = _cases(app, 1)
+
+    with pytest.raises(PermissionDenied):
+        transition_cases(app.deps, AUDITOR, [Move(case_id, "begin_review", 1)])
