@@ -62,17 +62,17 @@ def test_a_request_failing_after_its_first_writes_leaves_none_of_them(
     app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real_publish = cases.publish_events
-    calls = []
 
-    def publish_failing_the_second(*args: Any) -> None:
-        calls.append(1)
-        if len(calls) == 2:  # after its case, history and audit entry were written
+    def publish_failing_one(uow: Any, case: Any, now: Any) -> None:
+        if case.data["reason"] == "Fails late":  # after its case, history and audit entry
             raise RuntimeError("outbox unavailable")
-        real_publish(*args)
+        real_publish(uow, case, now)
 
-    monkeypatch.setattr(cases, "publish_events", publish_failing_the_second)
+    monkeypatch.setattr(cases, "publish_events", publish_failing_one)
 
-    results = create_referrals(app.deps, [_request(), _request(), _request()])
+    results = create_referrals(
+        app.deps, [_request(), _request(reason="Fails late"), _request()]
+    )
 
     assert [type(r).__name__ for r in results] == ["tuple", "RuntimeError", "tuple"]
     assert _count(app, "cases") == 2
@@ -137,3 +137,14 @@ def test_a_failed_commit_fails_every_request_of_its_batch(
 
     assert [str(r) for r in results] == ["disk full"] * 3
     assert _count(sqlite_app, "cases") == 0
+
+
+def test_a_batch_of_one_is_answered_like_a_single_create(app: App) -> None:
+    (refused,) = create_referrals(app.deps, [_request(actor=AUDITOR)])
+    (created,) = create_referrals(app.deps, [_request("one")])
+    (replayed,) = create_referrals(app.deps, [_request("one")])
+
+    assert isinstance(refused, PermissionDenied)
+    assert isinstance(created, tuple) and created[1] is True
+    assert isinstance(replayed, tuple) and (replayed[0].id, replayed[1]) == (created[0].id, False)
+    assert _count(app, "cases") == 1

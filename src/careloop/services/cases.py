@@ -37,7 +37,10 @@ def create_referral(
 ) -> tuple[Case, bool]:
     """Create a referral; returns (case, created). A replayed key returns the first case."""
     actor.require(Action.CASE_CREATE)
-    intake = _Intake(actor, referral, idempotency_key)
+    return _create_alone(deps, _Intake(actor, referral, idempotency_key))
+
+
+def _create_alone(deps: Deps, intake: _Intake) -> tuple[Case, bool]:
     now = deps.clock.now()
     with deps.uow() as uow:
         result = _create(uow, deps, intake, now)
@@ -60,21 +63,38 @@ IntakeResult = tuple[Case, bool] | Exception
 def create_referrals(deps: Deps, requests: Sequence[IntakeRequest]) -> list[IntakeResult]:
     """Create several referrals in one transaction: one lock, one commit, one flush to
     disk for the lot (group commit). Each request stands alone: one that fails (refused,
-    invalid, a reused idempotency key) rolls back to its savepoint and gets its error in
-    its place of the result; the others are created. If the commit itself fails, every
-    request gets that error and nothing is written.
+    invalid, a reused idempotency key) gets its error in its place of the result and the
+    others are created. If the commit of several fails, it raises and nothing is written.
 
-    The API batches concurrent POSTs through here (api/intake_batcher.py); imports of
-    many referrals at once may call it directly."""
+    First tried with every write deferred to the commit and no savepoints (the relay's
+    optimistic batch, adapters/db/write_buffer.py); if any request fails, the batch is
+    rolled back and run again with a savepoint per request. The API batches concurrent
+    POSTs through here (api/intake_batcher.py); imports of many referrals may call it."""
     intakes = [_Intake(r.actor, r.referral, r.idempotency_key) for r in requests]
+    if len(intakes) == 1:  # its own transaction: nothing to stand apart from
+        try:
+            intakes[0].actor.require(Action.CASE_CREATE)
+            return [_create_alone(deps, intakes[0])]
+        except Exception as error:  # the request's own failure, reported to it
+            return [error]
+    try:
+        return _create_all(deps, intakes, optimistic=True)
+    except OptimisticAbort:
+        return _create_all(deps, intakes, optimistic=False)
+
+
+def _create_all(deps: Deps, intakes: Sequence[_Intake], optimistic: bool) -> list[IntakeResult]:
     results: list[IntakeResult] = []
     now = deps.clock.now()
     with deps.uow() as uow:
+        uow.optimistic = optimistic
         for intake in intakes:
             try:
-                intake.actor.require(Action.CASE_CREATE)
                 with uow.savepoint():
+                    intake.actor.require(Action.CASE_CREATE)
                     results.append(_create(uow, deps, intake, now))
+            except OptimisticAbort:
+                raise
             except Exception as error:  # the request's own failure, reported to it alone
                 results.append(error)
         uow.commit()
