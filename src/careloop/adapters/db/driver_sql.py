@@ -3,7 +3,8 @@
 Used only for the handful of INSERT/SELECT/UPDATE statements that every write path
 runs (case, history, audit, outbox). There SQLAlchemy's per-execution bookkeeping cost
 several times the database work; values still go through each column type's own bind
-processor, so what is stored is exactly what SQLAlchemy would store.
+processor, so what is stored is exactly what SQLAlchemy would store. Many rows of an
+INSERT go to PostgreSQL as multi-row statements (see multi_row).
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
+import psycopg
 from sqlalchemy import Connection, Insert, Table, bindparam, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.schema import ColumnDefault
 from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from careloop.adapters.db.multi_row import MultiRowInsert
 
 Processor = Callable[[Any], Any]
 
@@ -28,6 +32,7 @@ class _Plan(NamedTuple):
     names: tuple[str, ...]  # parameter order
     slots: tuple[tuple[str, Any], ...]  # (name, default where the caller leaves it out)
     processors: tuple[tuple[int, Processor], ...]  # (index, bind processor), only typed ones
+    rows: MultiRowInsert | None  # an INSERT's multi-row form, on psycopg only
 
 
 class DriverStatement:
@@ -44,15 +49,22 @@ class DriverStatement:
         cursor.execute(plan.sql, _bound(plan, params))
         return cursor
 
-    def execute_many(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> Any:
-        """Run once per row in one driver call (psycopg pipelines them: one round trip
-        for the lot); returns the cursor, whose rowcount sums the rows'."""
+    def execute_many(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Run once per row, in one round trip on PostgreSQL; returns the rows changed
+        (for an UPDATE, those its WHERE still matched; sqlite3 counts none for a
+        statement with RETURNING)."""
+        if not rows:
+            return 0
         plan = self._plan(connection)
+        driver = connection.connection.driver_connection
+        if plan.rows is not None and isinstance(driver, psycopg.Connection):
+            return plan.rows.run(driver, [_values(plan, params) for params in rows])
         cursor = connection.connection.cursor()
-        # One plan binds every row alike: all positional or all by name.
+        # One plan binds every row alike: all positional or all by name. psycopg
+        # pipelines an executemany, and its rowcount sums the rows', as sqlite3's does.
         batch: Any = [_bound(plan, params) for params in rows]
         cursor.executemany(plan.sql, batch)
-        return cursor
+        return int(cursor.rowcount)
 
     def _plan(self, connection: Connection) -> _Plan:
         return self._plans.get(type(connection.dialect)) or self._compile(connection.dialect)
@@ -80,19 +92,36 @@ class DriverStatement:
             # A bind built with a value (a literal) keeps it unless the caller passes one.
             tuple((name, self._defaults.get(name, result.binds[name].value)) for name in names),
             tuple(processors),
+            self._multi_row(dialect, names),
         )
         self._plans[type(dialect)] = plan
         return plan
 
+    def _multi_row(self, dialect: Dialect, names: tuple[str, ...]) -> MultiRowInsert | None:
+        if not isinstance(self._statement, Insert) or dialect.driver != "psycopg":
+            return None
+        # Compiled for executemany: without the RETURNING of the new id that PostgreSQL's
+        # compiler adds to a single-row INSERT nobody reads it from.
+        result = self._statement.compile(dialect=dialect, for_executemany=True)
+        assert isinstance(result, SQLCompiler)
+        if tuple(result.binds) != names:
+            return None
+        return MultiRowInsert.from_compiled(str(result), names)
+
 
 def _bound(plan: _Plan, params: Mapping[str, Any]) -> list[Any] | dict[str, Any]:
-    """``params`` as the driver takes them: in the plan's order (or by name), each value
-    through its column type's bind processor."""
+    """``params`` as the driver takes them: in the plan's order, or by name."""
+    values = _values(plan, params)
+    return values if plan.positional else dict(zip(plan.names, values, strict=True))
+
+
+def _values(plan: _Plan, params: Mapping[str, Any]) -> list[Any]:
+    """``params`` in the plan's order, each value through its column type's bind processor."""
     get = params.get
     values = [get(name, default) for name, default in plan.slots]
     for index, process in plan.processors:
         values[index] = process(values[index])
-    return values if plan.positional else dict(zip(plan.names, values, strict=True))
+    return values
 
 
 def _is_datetime(type_: TypeEngine[Any]) -> bool:

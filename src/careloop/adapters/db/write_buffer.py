@@ -3,10 +3,10 @@
 An optimistic batch undoes nothing piecemeal: any failure rolls the whole transaction
 back and the batch runs again with savepoints (careloop.engine.outbox). So the rows its
 events and rules write need not reach the database one statement each. They wait here
-and go out per statement in one driver call (psycopg pipelines an executemany: one round
-trip), when the transaction commits or just before a statement that may read a table
-they belong to. The relay sent about forty statements per referral before; a batch now
-sends a handful per table.
+and go out per statement in one driver call (on PostgreSQL one round trip, INSERTs as
+multi-row statements: see multi_row), when the transaction commits or just before a
+statement that may read a table they belong to. The relay sent about forty statements
+per referral before; a batch now sends a handful per table.
 
 Reads stay correct: any SQL the connection runs that names a buffered table flushes
 first (see ``start``), and the cases the batch works on are kept as loaded or last saved
@@ -152,7 +152,7 @@ class WriteBuffer:
         for statement, row in saves.values():
             by_statement.setdefault(statement, []).append(row)
         for statement, rows in by_statement.items():
-            changed = statement.execute_many(self._connection, rows).rowcount
+            changed = statement.execute_many(self._connection, rows)
             if changed != len(rows):
                 # Someone saved one of these cases since the batch loaded it; the batch
                 # runs again carefully and that event is retried on the fresh case.

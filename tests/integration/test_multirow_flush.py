@@ -1,0 +1,160 @@
+"""Deferred INSERTs go to PostgreSQL as multi-row statements (adapters/db/multi_row.py);
+SQLite keeps executemany. Either way the rows, their order and their conflicts come out
+as one statement per row would leave them."""
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from careloop.adapters.db.automation_tables import timers
+from careloop.adapters.db.driver_sql import insert_into
+from careloop.adapters.db.insert_new import insert_new_statement
+from careloop.adapters.db.multi_row import MAX_ROWS
+from careloop.adapters.db.tables import outbox
+from careloop.bootstrap import App
+from careloop.services.cases import apply_update, create_referral, update_case
+from careloop.services.ports import ManualClock, OptimisticAbort
+from careloop.services.referral_input import validate_changes, validate_referral
+from tests.conftest import INTAKE, make_app, referral_payload
+from tests.integration.test_deferred_writes import ROBOT
+
+# More than two full statements and a remainder that needs several ladder sizes.
+MANY = 2 * MAX_ROWS + 37
+
+
+def _new_case(app: App) -> int:
+    case, _ = create_referral(app.deps, INTAKE, validate_referral(referral_payload()))
+    return case.id
+
+
+def test_deferred_outbox_rows_keep_their_order_and_values(app: App, clock: ManualClock) -> None:
+    case_id = _new_case(app)
+    now = clock.now()
+    with app.deps.uow() as work:
+        work.optimistic = True
+        for n in range(MANY):
+            payload = {"n": n, "nested": {"text": "50% off (maybe)", "list": [n, None]}}
+            at = now + timedelta(seconds=n)
+            work.outbox.add(case_id, "test.many", payload, f"many-{n}", at)
+        work.commit()
+    with app.deps.read_uow() as work:
+        rows = [row for row in work.outbox.for_case(case_id) if row["event_type"] == "test.many"]
+    # Ids follow the order the rows were added in: the relay delivers a case's events
+    # in id order.
+    assert [row["idempotency_key"] for row in rows] == [f"many-{n}" for n in range(MANY)]
+    assert [row["id"] for row in rows] == sorted(row["id"] for row in rows)
+    last = rows[-1]
+    assert last["payload"] == {
+        "n": MANY - 1,
+        "nested": {"text": "50% off (maybe)", "list": [MANY - 1, None]},
+    }
+    assert last["created_at"] == now + timedelta(seconds=MANY - 1)
+    assert (last["attempts"], last["published_at"], last["dead_at"]) == (0, None, None)
+
+
+def test_a_timer_planned_twice_in_one_batch_is_stored_once(app: App, clock: ManualClock) -> None:
+    case_id = _new_case(app)
+    now = clock.now()
+    rows: list[dict[str, Any]] = [
+        {
+            "case_id": case_id,
+            "kind": "rule",
+            "key": f"multirow:{case_id}:{n}",
+            "name": "multirow",
+            "due_at": now + timedelta(hours=n),
+            "payload": {"n": n},
+            "created_at": now,
+        }
+        for n in range(MANY)
+    ]
+    with app.deps.uow() as work:
+        work.optimistic = True
+        work.timers.replan(case_id, ("rule",), rows, now, names=("multirow",))
+        # The same keys again in the same batch: ON CONFLICT DO NOTHING skips them, even
+        # inside one multi-row statement.
+        work.timers.replan(case_id, ("rule",), rows[:5] + rows[-5:], now, names=("multirow",))
+        work.commit()
+    with app.deps.read_uow() as work:
+        stored = [t for t in work.timers.for_case(case_id) if t["name"] == "multirow"]
+    assert sorted(str(t["key"]) for t in stored) == sorted(str(row["key"]) for row in rows)
+    assert {t["status"] for t in stored} == {"pending"}
+
+
+def test_execute_many_counts_rows_and_skips_taken_keys(app: App, clock: ManualClock) -> None:
+    now = clock.now()
+    rows: list[dict[str, Any]] = [
+        {
+            "case_id": None,
+            "kind": "rule",
+            "key": f"count-{n}",
+            "name": "count",
+            "due_at": now,
+            "status": "pending",
+            "fired_at": None,
+            "payload": {},
+            "created_at": now,
+        }
+        for n in range(MANY)
+    ]
+    plain = insert_into(outbox)
+    events: list[dict[str, Any]] = [
+        {
+            "case_id": None,
+            "event_type": "count",
+            "payload": {},
+            "idempotency_key": f"count-{n}",
+            "created_at": now,
+            "available_at": now,
+        }
+        for n in range(MANY)
+    ]
+    with app.engine.begin() as connection:
+        assert plain.execute_many(connection, events) == MANY
+        assert plain.execute_many(connection, []) == 0
+        statement = insert_new_statement(timers, set(rows[0]))
+        statement.execute_many(connection, rows[:10])
+        statement.execute_many(connection, rows)  # the first ten are there already
+        keys = connection.execute(select(timers.c.key).order_by(timers.c.id)).scalars().all()
+    assert keys == [row["key"] for row in rows]
+
+
+@pytest.fixture
+def pg_app(postgres_url: str, clock: ManualClock) -> Iterator[App]:
+    app = make_app(postgres_url, clock)
+    yield app
+    app.engine.dispose()
+
+
+def test_a_stale_case_among_many_fails_the_batch_and_writes_nothing(
+    pg_app: App, clock: ManualClock
+) -> None:
+    # PostgreSQL only: on SQLite the batch holds the one write lock, so nobody can save
+    # a case meanwhile.
+    app = pg_app
+    case_ids = [_new_case(app) for _ in range(3)]
+    now = clock.now()
+    with app.deps.uow() as work:
+        work.optimistic = True
+        # Loaded up front, as the relay does: a read of cases would flush the saves so far.
+        work.cases.prefetch(set(case_ids))
+        for case_id in case_ids:
+            case = work.cases.get(case_id)
+            for n in range(MAX_ROWS + 3):  # multi-row outbox and audit rows wait too
+                work.outbox.add(case_id, "test.stale", {"n": n}, f"stale-{case_id}-{n}", now)
+            apply_update(work, app.deps, ROBOT, case, validate_changes({"priority": "high"}), now)
+        update_case(app.deps, INTAKE, case_ids[1], 1, validate_changes({"priority": "critical"}))
+        with pytest.raises(OptimisticAbort):
+            work.commit()
+    with app.deps.read_uow() as work:
+        versions = [work.cases.get(case_id).version for case_id in case_ids]
+        events = [
+            row
+            for case_id in case_ids
+            for row in work.outbox.for_case(case_id)
+            if row["event_type"] == "test.stale"
+        ]
+    assert versions == [1, 2, 1]
+    assert events == []

@@ -1,0 +1,91 @@
+"""A CEL condition converts only the case fields it reads; it must decide exactly as if
+it saw the whole case, and convert the whole case whenever it cannot tell."""
+
+from datetime import UTC, datetime
+
+import cel
+import pytest
+
+from careloop.adapters.cel_conditions import case_fields, compile_condition
+from careloop.domain.case import Case
+from careloop.domain.conditions import ConditionError
+from careloop.domain.referral import FIELDS
+from careloop.services.referral_input import validate_referral
+from tests.conftest import referral_payload
+
+NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+def _activation() -> dict[str, object]:
+    data = validate_referral(referral_payload()).model_dump(mode="json", exclude_none=True)
+    case = Case(7, "referral", "referral", 1, "intake", 3, data, NOW, NOW, NOW)
+    case.document_types, case.open_tasks = ["referral_letter"], 2
+    return case.activation(NOW)
+
+
+@pytest.mark.parametrize(
+    ("expression", "fields"),
+    [
+        ("case.clinic != ''", {"clinic"}),
+        ("case.patient.family_name == 'x' && size(case.diagnoses) > 0", {"patient", "diagnoses"}),
+        ("has(case.payer) || case . urgency == 'routine'", {"payer", "urgency"}),
+        ("'case.reason' == case.clinic", {"clinic"}),
+        ("case.diagnoses.exists(d, d.code != '')", {"diagnoses"}),
+        ("case['clinic'] == 'x'", None),
+        ("size(case) > 0", None),
+        ("case.exists(k, k == 'clinic')", None),
+        ("case . size() > 3", None),
+        ("[1].exists(case, case > 0)", None),
+        ("case.clinic == 'a\\'b'", None),
+        ("case.clinic == 'x' // says case", None),
+        ("case.clinic == '''x'''", None),
+    ],
+)
+def test_a_condition_knows_which_case_fields_it_reads(
+    expression: str, fields: set[str] | None
+) -> None:
+    assert case_fields(expression) == (None if fields is None else frozenset(fields))
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "case.clinic != ''",
+        "size(case.diagnoses) > 0 && case.specialty != ''",
+        "case.network_status == 'in_network'",
+        "!('referral_letter' in case.document_types)",
+        "case.age_hours >= 0.0 && case.open_tasks == 2",
+        "case.patient.family_name.startsWith('Z')",
+        "has(case.team)",
+        "case.team == 'x'",  # no such field in the case: an error either way
+        "size(case) > 3",
+    ],
+)
+def test_a_condition_decides_as_on_the_whole_case(expression: str) -> None:
+    activation = _activation()
+    condition = compile_condition(expression, FIELDS)
+    whole = cel.compile(expression)
+    try:
+        expected: object = whole.execute(cel.Context(variables=dict(activation)))
+    except Exception:
+        expected = ConditionError
+    try:
+        got: object = condition.evaluate(activation)
+    except ConditionError:
+        got = ConditionError
+    assert got == expected
+
+
+def test_conditions_of_one_activation_share_a_conversion_per_field_set() -> None:
+    activation = _activation()
+    clinic = compile_condition("case.clinic != ''", FIELDS)
+    also_clinic = compile_condition("case.clinic == 'nowhere'", FIELDS)
+    tasks = compile_condition("case.open_tasks > 1", FIELDS)
+    assert [clinic.evaluate(activation), also_clinic.evaluate(activation)] == [True, False]
+    assert tasks.evaluate(activation) is True
+    # A changed case is a new activation: nothing converted before is reused.
+    changed = _activation()
+    changed_case = changed["case"]
+    assert isinstance(changed_case, dict)
+    changed_case["open_tasks"] = 0
+    assert tasks.evaluate(changed) is False
