@@ -11,14 +11,18 @@ so exactly these ten rules are active; R referrals (default 1,000) created throu
 careloop (timed): all R referrals moved to documentation review from T threads (default
 4), by ``transition_cases`` in batches of 200 (the bulk move a coordinator makes on a work
 queue page, POST /api/v1/referrals/transitions; one transaction per batch, its writes
-deferred to the commit), or with --single one ``transition_case`` per referral; then
-the outbox relayed until idle by W relay threads (default 2; each its own
-``build_worker`` handlers: event log, Automation, integrations; batch size the worker's
-unless --relay-batch) calling ``relay_once`` like the worker's relay loop.
+deferred to the commit), or with --single one ``transition_case`` per referral. The
+outbox is relayed, on PostgreSQL, by P worker processes (default 2, one per core, as
+`careloop worker` is deployed) that are started and idle before the clock starts and
+relay while the transitions are made; on SQLite (or with --relay-processes 0) by W relay
+threads (default 2) started after the transitions. Each relay has its own
+``build_worker`` handlers (event log, Automation, integrations; batch size the worker's
+unless --relay-batch) and calls ``relay_once`` like the worker's relay loop.
 The rule effects run in the relay: per rule its actions through the write path (case
 update + audit, or task + audit), its outbox events and its automation_runs row, written
 at the batch's end by the deferred-write buffer; the events the rules cause
-(case.updated, case.task_added) are relayed too. Total = transitions + relay.
+(case.updated, case.task_added) are relayed too. Total = from the first transition until
+every event is relayed.
 
 raw baseline (timed the same way, same T threads on PostgreSQL, one thread on SQLite):
 copies of cases, case_history, tasks, audit_log and outbox as they were before the timed
@@ -211,6 +215,75 @@ def relay_until_idle(app: Any, threads: int, batch: int | None = None) -> int:
     return sum(total)
 
 
+def _relay_process(url: str, batch: int | None, idle: Any, index: int, ready: Any, go: Any,
+                   fed: Any, results: Any) -> None:
+    """One `careloop worker`-like process: relay loops, from the start signal until the
+    transitions are all committed (``fed``) and nothing is claimable by anyone (``idle``
+    holds every process's last claim: 1 = it found nothing)."""
+    try:
+        from careloop.bootstrap import build_worker
+        from careloop.engine.outbox import relay_once
+
+        app = c.build_app(url, migrate=False)
+        worker = build_worker(app)
+        worker.relay_batch = batch or worker.relay_batch
+        pending = ("SELECT count(*) FROM outbox WHERE published_at IS NULL AND dead_at IS NULL"
+                   " AND available_at <= %s")
+        ready.put(index)
+        go.wait()
+        total = 0
+        while True:
+            done = relay_once(worker.uow, worker.clock, worker.handlers, worker.relay_batch,
+                              prepare=worker.prepare)
+            total += done
+            with idle.get_lock():
+                idle[index] = 0 if done else 1
+                everyone_idle = all(idle)
+            if done:
+                continue
+            if everyone_idle and fed.is_set():
+                with app.engine.connect() as connection:
+                    if not connection.exec_driver_sql(pending,
+                                                      (worker.clock.now(),)).scalar_one():
+                        break
+            time.sleep(0.002)
+        results.put(("ok", total, time.perf_counter()))  # CLOCK_MONOTONIC: one per machine
+        app.engine.dispose()
+    except Exception as error:  # reported to the parent, which fails the run
+        results.put(("error", repr(error), 0.0))
+
+
+class RelayProcesses:
+    """P spawned relay processes on PostgreSQL, running while the transitions are made,
+    as deployed `careloop worker` processes would be."""
+
+    def __init__(self, url: str, processes: int, batch: int | None) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.ready, self.results = ctx.Queue(), ctx.Queue()
+        self.go, self.fed = ctx.Event(), ctx.Event()
+        idle = ctx.Array("i", [0] * processes)
+        self.procs = [ctx.Process(target=_relay_process, daemon=True, args=(
+            url, batch, idle, i, self.ready, self.go, self.fed, self.results))
+            for i in range(processes)]
+        for proc in self.procs:
+            proc.start()
+        for _ in self.procs:
+            self.ready.get(timeout=120)
+
+    def finish(self) -> tuple[int, float]:
+        """After the transitions: (events relayed, when the last process went idle)."""
+        self.fed.set()
+        outcomes = [self.results.get(timeout=600) for _ in self.procs]
+        for proc in self.procs:
+            proc.join(timeout=30)
+        failed = [o[1] for o in outcomes if o[0] == "error"]
+        if failed:
+            raise RuntimeError(f"a relay process failed: {failed[0]}")
+        return sum(o[1] for o in outcomes), max(o[2] for o in outcomes)
+
+
 def setup_careloop(url: str, referrals: int, threads: int) -> tuple[Any, list[tuple[int, int]]]:
     from careloop.services.cases import create_referral
     from careloop.services.referral_input import validate_referral
@@ -235,7 +308,8 @@ BULK = 200  # the API's most items per bulk move
 
 
 def run_careloop(app: Any, cases: list[tuple[int, int]], threads: int, relay_threads: int,
-                 relay_batch: int | None = None, single: bool = False) -> dict[str, Any]:
+                 relay_batch: int | None = None, single: bool = False,
+                 relay_processes: int = 0, url: str = "") -> dict[str, Any]:
     from careloop.services.cases import Move, transition_case, transition_cases
 
     actor = _actor()
@@ -246,7 +320,10 @@ def run_careloop(app: Any, cases: list[tuple[int, int]], threads: int, relay_thr
         assert not failed, failed[:3]
 
     before = counts(app)
+    relays = RelayProcesses(url, relay_processes, relay_batch) if relay_processes else None
     t0 = time.perf_counter()
+    if relays is not None:
+        relays.go.set()
     if single:
         latencies = _in_threads(threads, cases, lambda case: transition_case(
             app.deps, actor, case[0], "begin_review", case[1]))
@@ -254,14 +331,19 @@ def run_careloop(app: Any, cases: list[tuple[int, int]], threads: int, relay_thr
         batches = [cases[i:i + BULK] for i in range(0, len(cases), BULK)]
         latencies = _in_threads(threads, batches, move_batch)
     t1 = time.perf_counter()
-    prefixes = {"claim": "SELECT outbox.id", "savepoint": "SAVEPOINT"}
-    with StatementClock(app.engine, prefixes) as statements:
-        relayed = relay_until_idle(app, relay_threads, relay_batch)
-    t2 = time.perf_counter()
+    spent = None  # statement times: seen only for relays in this process
+    if relays is not None:
+        relayed, t2 = relays.finish()
+    else:
+        prefixes = {"claim": "SELECT outbox.id", "savepoint": "SAVEPOINT"}
+        with StatementClock(app.engine, prefixes) as statements:
+            relayed = relay_until_idle(app, relay_threads, relay_batch)
+            t2 = time.perf_counter()
+        spent = statements.spent
     after = counts(app)
     return {"transitions": t1 - t0, "relay": t2 - t1, "total": t2 - t0, "latencies": latencies,
             "relayed": relayed, "written": {t: after[t] - before[t] for t in COUNTED},
-            "statements": statements.spent}
+            "statements": spent}
 
 
 def check_effects(app: Any, cases: list[tuple[int, int]]) -> list[str]:
@@ -436,17 +518,18 @@ def raw_sqlite_copy(path: Path, target: Path) -> None:
 
 
 def report(ours: dict[str, Any], raw: dict[str, Any], referrals: int, threads: int,
-           relay_threads: int, backend: str, single: bool) -> None:
+           relays: str, backend: str, single: bool) -> None:
     how = "one per call" if single else f"bulk moves of {BULK}"
     c.line(f"careloop: {referrals:,} transitions ({how}), {threads} threads",
            f"{ours['transitions']:.2f} s  ({c.latency_ms(ours['latencies'])})")
-    c.line(f"careloop: relay until idle, {relay_threads} threads",
-           f"{ours['relay']:.2f} s  ({ours['relayed']:,} events)")
-    claims, savepoints = ours["statements"]["claim"], ours["statements"]["savepoint"]
-    c.line("   in relay: claim queries (summed over threads)",
-           f"{claims[1]:.2f} s ({claims[0]} claims, slowest {claims[2]:.2f} s)")
-    c.line("   in relay: SAVEPOINT statements",
-           f"{savepoints[1]:.2f} s ({savepoints[0]:,}; RELEASE not counted)")
+    c.line(f"careloop: relay idle after them, {relays}",
+           f"{ours['relay']:.2f} s more  ({ours['relayed']:,} events)")
+    if ours["statements"] is not None:
+        claims, savepoints = ours["statements"]["claim"], ours["statements"]["savepoint"]
+        c.line("   in relay: claim queries (summed over threads)",
+               f"{claims[1]:.2f} s ({claims[0]} claims, slowest {claims[2]:.2f} s)")
+        c.line("   in relay: SAVEPOINT statements",
+               f"{savepoints[1]:.2f} s ({savepoints[0]:,}; RELEASE not counted)")
     c.target_line("careloop total, target < 1 s", ours["total"] < 1.0,
                   f"{ours['total']:.2f} s")
     written = ", ".join(f"{t} {n:,}" for t, n in ours["written"].items() if n)
@@ -460,7 +543,7 @@ def report(ours: dict[str, Any], raw: dict[str, Any], referrals: int, threads: i
 
 
 def bench_postgres(referrals: int, threads: int, relay_threads: int,
-                   relay_batch: int | None, single: bool) -> None:
+                   relay_batch: int | None, single: bool, relay_processes: int) -> None:
     print(f"-- PostgreSQL: {referrals:,} referrals, {RULE_COUNT} rules on "
           "documentation_review --")
     problem = c.pg_problem()
@@ -471,12 +554,15 @@ def bench_postgres(referrals: int, threads: int, relay_threads: int,
         app, cases = setup_careloop(url, referrals, threads)
         try:
             with raw_pg_copy(url) as raw_url:
-                ours = run_careloop(app, cases, threads, relay_threads, relay_batch, single)
+                ours = run_careloop(app, cases, threads, relay_threads, relay_batch, single,
+                                    relay_processes, url)
                 problems = check_effects(app, cases)
                 raw = run_raw_pg(raw_url, cases, threads)
         finally:
             app.engine.dispose()
-    report(ours, raw, referrals, threads, relay_threads, "psycopg", single)
+    relays = (f"{relay_processes} worker processes running throughout" if relay_processes
+              else f"{relay_threads} threads started after them")
+    report(ours, raw, referrals, threads, relays, "psycopg", single)
     c.line("   effects check", "; ".join(problems) if problems else "all rule effects present")
 
 
@@ -494,7 +580,8 @@ def bench_sqlite(referrals: int, threads: int, relay_threads: int,
         finally:
             app.engine.dispose()
         raw = run_raw_sqlite(tmp / "raw.db", cases)
-    report(ours, raw, referrals, threads, relay_threads, "sqlite3 (1 thread)", single)
+    report(ours, raw, referrals, threads, f"{relay_threads} threads started after them",
+           "sqlite3 (1 thread)", single)
     c.line("   effects check", "; ".join(problems) if problems else "all rule effects present")
 
 
@@ -503,6 +590,9 @@ def main() -> None:
     parser.add_argument("--backend", choices=("postgres", "sqlite", "both"), default="postgres")
     parser.add_argument("--referrals", type=int, default=None, help="default 1,000")
     parser.add_argument("--threads", type=int, default=4, help="transition threads")
+    parser.add_argument("--relay-processes", type=int, default=2,
+                        help="PostgreSQL: worker processes relaying while the transitions "
+                             "are made (0: --relay-threads after them, in this process)")
     parser.add_argument("--relay-threads", type=int, default=2)
     parser.add_argument("--relay-batch", type=int, default=None,
                         help="events per relay batch (default: the worker's)")
@@ -513,7 +603,7 @@ def main() -> None:
     c.header("automation end to end: transitions + rule effects vs raw writes")
     if args.backend in ("postgres", "both"):
         bench_postgres(referrals, args.threads, args.relay_threads, args.relay_batch,
-                       args.single)
+                       args.single, args.relay_processes)
     if args.backend in ("sqlite", "both"):
         bench_sqlite(referrals, args.threads, args.relay_threads, args.relay_batch, args.single)
 
