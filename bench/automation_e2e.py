@@ -221,12 +221,13 @@ def _relay_process(url: str, batch: int | None, idle: Any, index: int, ready: An
     transitions are all committed (``fed``) and nothing is claimable by anyone (``idle``
     holds every process's last claim: 1 = it found nothing)."""
     try:
-        from careloop.bootstrap import build_worker
+        from careloop.bootstrap import build_worker, settle_heap
         from careloop.engine.outbox import relay_once
 
         app = c.build_app(url, migrate=False)
         worker = build_worker(app)
         worker.relay_batch = batch or worker.relay_batch
+        settle_heap()  # as `careloop worker` does before it starts
         pending = ("SELECT count(*) FROM outbox WHERE published_at IS NULL AND dead_at IS NULL"
                    " AND available_at <= %s")
         ready.put(index)

@@ -96,15 +96,17 @@ def _serve(kind: str, db_path: str, port: int, outbox_worker: bool, log_path: st
 
     if kind == "careloop":
         from careloop.api.app import create_app
-        from careloop.bootstrap import build_worker
+        from careloop.bootstrap import build_worker, settle_heap
 
         # What `careloop serve` does, with its INFO log in a file instead of the terminal.
         logging.basicConfig(filename=log_path, level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s %(message)s")
         app = c.build_app(f"sqlite:///{db_path}", migrate=False)
-        if outbox_worker:
-            build_worker(app).start()  # relay, rules, timers, webhooks: as in `careloop serve`
+        worker = build_worker(app) if outbox_worker else None
         api = create_app(app)
+        settle_heap()
+        if worker is not None:
+            worker.start()  # relay, rules, timers, webhooks: as in `careloop serve`
     else:
         api = _baseline_app(db_path if kind == "fastapi+sqlite" else None)
     uvicorn.run(api, host="127.0.0.1", port=port, log_level="warning")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -200,6 +201,15 @@ def build_worker(
         # statement: short batches there, so intake never waits long behind the relay.
         relay_batch=20 if app.engine.dialect.name == "sqlite" else 100,
     )
+
+
+def settle_heap() -> None:
+    """After start-up, before serving: what start-up built (definitions, compiled rules and
+    conditions, SQL, the web app) lives as long as the process. Frozen, the garbage
+    collector's full passes stop walking it on every pass, which cost the relay about a
+    tenth of its time. Objects made later are collected as before."""
+    gc.collect()
+    gc.freeze()
 
 
 def migrate(app: App) -> tuple[str, list[str]]:

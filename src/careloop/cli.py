@@ -66,18 +66,20 @@ def serve(
     import uvicorn
 
     from careloop.api.app import create_app
-    from careloop.bootstrap import build_worker
+    from careloop.bootstrap import build_worker, settle_heap
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if demo:
         _load_demo_if_empty()
     with _app() as app:
         runner = build_worker(app) if app.settings.run_worker else None
+        api = create_app(app)
+        settle_heap()
         if runner is not None:
             runner.start()
         try:
             uvicorn.run(
-                create_app(app),
+                api,
                 host=host or app.settings.host,
                 port=port or app.settings.port,
                 log_level="warning",
@@ -93,11 +95,12 @@ def worker() -> None:
     Start as many as you like against PostgreSQL; stop with SIGTERM or Ctrl-C."""
     import signal
 
-    from careloop.bootstrap import build_worker
+    from careloop.bootstrap import build_worker, settle_heap
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     with _app() as app:
         runner = build_worker(app)
+        settle_heap()
         signal.signal(signal.SIGTERM, lambda *_: runner.stop())
         runner.start()
         try:

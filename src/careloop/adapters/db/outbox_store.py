@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import BigInteger, Connection, Select, Update, any_, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.sql.elements import BindParameter
 
 from careloop.adapters.db.driver_sql import insert_into
 from careloop.adapters.db.tables import outbox
@@ -22,11 +24,39 @@ _CLAIM = (
     .with_for_update(skip_locked=True)
 )
 # The pending events of some cases up to an id (the partial index ix_outbox_case_pending).
-_PENDING_OF_CASES = select(outbox.c.case_id, outbox.c.id).where(
-    _PENDING,
-    outbox.c.case_id.in_(bindparam("case_ids", expanding=True)),
-    outbox.c.id <= bindparam("below"),
+_PENDING_UP_TO = select(outbox.c.case_id, outbox.c.id).where(
+    _PENDING, outbox.c.id <= bindparam("below")
 )
+_MARK_PUBLISHED = update(outbox).values(
+    published_at=bindparam("at"), attempts=outbox.c.attempts + 1, last_error=None
+)
+
+
+def _by_ids(array: bool) -> tuple[Update, Select[Any]]:
+    """(mark published, pending of cases) for a list of ids bound as ``ids``.
+
+    On PostgreSQL the list is one array parameter (= ANY): one statement text whatever
+    the batch's size, which psycopg parses once, where an IN list of a hundred
+    parameters is parsed again on every call. SQLite has no arrays: an expanding IN."""
+
+    def ids() -> BindParameter[Any]:
+        if array:
+            return bindparam("ids", type_=ARRAY(BigInteger))
+        return bindparam("ids", expanding=True)
+
+    if array:
+        return (
+            _MARK_PUBLISHED.where(outbox.c.id == any_(ids())),
+            _PENDING_UP_TO.where(outbox.c.case_id == any_(ids())),
+        )
+    return (
+        _MARK_PUBLISHED.where(outbox.c.id.in_(ids())),
+        _PENDING_UP_TO.where(outbox.c.case_id.in_(ids())),
+    )
+
+
+_BY_IDS = {"postgresql": _by_ids(array=True)}
+_BY_IDS_DEFAULT = _by_ids(array=False)
 
 
 class OutboxStore:
@@ -67,8 +97,9 @@ class OutboxStore:
         if not cases:
             return rows
         earlier: dict[int, list[int]] = {}
-        probe = {"case_ids": sorted(cases), "below": rows[-1]["id"]}
-        for case_id, outbox_id in self._connection.execute(_PENDING_OF_CASES, probe):
+        _, pending_of_cases = self._by_ids()
+        probe = {"ids": sorted(cases), "below": rows[-1]["id"]}
+        for case_id, outbox_id in self._connection.execute(pending_of_cases, probe):
             earlier.setdefault(int(case_id), []).append(int(outbox_id))
         kept: list[dict[str, Any]] = []
         taken: set[int] = set()
@@ -84,11 +115,11 @@ class OutboxStore:
     def mark_published(self, outbox_ids: list[int], at: datetime) -> None:
         """One statement for a whole delivered batch."""
         if outbox_ids:
-            self._connection.execute(
-                update(outbox)
-                .where(outbox.c.id.in_(outbox_ids))
-                .values(published_at=at, attempts=outbox.c.attempts + 1, last_error=None)
-            )
+            mark, _ = self._by_ids()
+            self._connection.execute(mark, {"ids": outbox_ids, "at": at})
+
+    def _by_ids(self) -> tuple[Update, Select[Any]]:
+        return _BY_IDS.get(self._connection.dialect.name, _BY_IDS_DEFAULT)
 
     def mark_failed(
         self, outbox_id: int, error: str, retry_at: datetime | None, at: datetime
