@@ -73,8 +73,8 @@ def _flag(
     now: datetime,
 ) -> None:
     actor = automation_actor(RULE_KEY)
-    for other, score, reasons in found:
-        work.automation.link_cases(case.id, other, FLAG, score, list(reasons), now)
+    links = [(other, score, list(reasons)) for other, score, reasons in found]
+    work.automation.link_cases(case.id, links, FLAG, now)
     flags = sorted({*case.data.get("flags", []), FLAG})
     apply_update(
         work, deps, actor, case, validate_changes({"flags": flags}), now, "duplicate check"

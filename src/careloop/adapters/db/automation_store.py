@@ -151,20 +151,23 @@ class AutomationStore:
         return [dict(r) for r in self._connection.execute(_CANDIDATES, params).mappings()]
 
     def link_cases(
-        self, case_id: int, other_id: int, kind: str, score: float, reasons: list[str], at: datetime
+        self, case_id: int, links: list[tuple[int, float, list[str]]], kind: str, at: datetime
     ) -> None:
-        for a, b in ((case_id, other_id), (other_id, case_id)):
-            self._connection.execute(
-                case_links.insert(),
-                {
-                    "case_id": a,
-                    "other_case_id": b,
-                    "kind": kind,
-                    "score": score,
-                    "reasons": reasons,
-                    "created_at": at,
-                },
-            )
+        """Link ``case_id`` both ways to each (other case, score, reasons): one statement."""
+        rows = [
+            {
+                "case_id": a,
+                "other_case_id": b,
+                "kind": kind,
+                "score": score,
+                "reasons": reasons,
+                "created_at": at,
+            }
+            for other, score, reasons in links
+            for a, b in ((case_id, other), (other, case_id))
+        ]
+        if rows:
+            self._connection.execute(case_links.insert(), rows)
 
     def links(self, case_id: int) -> list[dict[str, Any]]:
         query = select(case_links).where(case_links.c.case_id == case_id).order_by(case_links.c.id)
