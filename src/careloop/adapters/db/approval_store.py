@@ -17,6 +17,7 @@ from careloop.adapters.db.approval_tables import (
 )
 from careloop.adapters.db.automation_tables import automation_definitions
 from careloop.adapters.db.tables import cases, users
+from careloop.adapters.db.write_buffer import WriteBuffer
 from careloop.domain.approval_policy import (
     OPEN_STATUSES,
     ApprovalPolicySet,
@@ -45,11 +46,24 @@ _COMPILE_LOCK = threading.Lock()
 
 
 class ApprovalStore:
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, buffer: WriteBuffer | None = None) -> None:
         self._connection = connection
+        self._buffer = buffer
+        self._active: dict[str, tuple[ApprovalPolicySet, ...]] = {}
 
     # -- policies ------------------------------------------------------------------
     def active_policy_sets(self, case_type: str) -> tuple[ApprovalPolicySet, ...]:
+        """The active policy sets of a case type. A deferring batch (a relay batch, a
+        bulk move: neither activates definitions) asks once, not once per case."""
+        keep = self._buffer is not None and self._buffer.active
+        if keep and case_type in self._active:
+            return self._active[case_type]
+        found = self._query_active(case_type)
+        if keep:
+            self._active[case_type] = found
+        return found
+
+    def _query_active(self, case_type: str) -> tuple[ApprovalPolicySet, ...]:
         query = (
             select(automation_definitions.c.key, automation_definitions.c.version)
             .where(

@@ -64,6 +64,7 @@ class SqlUnitOfWork:
         self._automation: AutomationStore | None = None
         self._timers: TimerStore | None = None
         self._webhooks: WebhookStore | None = None
+        self._approvals: ApprovalStore | None = None
         # SQLite allows one writer; queueing writers on a lock in the process is fair and
         # fast, where SQLite's busy handler sleeps up to 100 ms between retries.
         self._write_lock = None if read_only else _SQLITE_WRITE_LOCKS.get(engine)
@@ -113,7 +114,9 @@ class SqlUnitOfWork:
 
     @property
     def approvals(self) -> ApprovalStore:
-        return ApprovalStore(self._require_connection())
+        if self._approvals is None:
+            self._approvals = ApprovalStore(self._require_connection(), self._buffer)
+        return self._approvals
 
     @property
     def timers(self) -> TimerStore:
@@ -178,7 +181,7 @@ class SqlUnitOfWork:
             self._connection.close()
             self._connection = None
             self._transaction = None
-            self._automation = self._timers = self._webhooks = None
+            self._automation = self._timers = self._webhooks = self._approvals = None
             self._buffer = None
 
     def _release(self) -> None:
