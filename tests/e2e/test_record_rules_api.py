@@ -113,3 +113,23 @@ def test_every_refusal_is_audited_with_who_what_and_why(site: Server, north_case
     assert ("fred.finance", "refused POST /api/v1/referrals", None) in seen
     assert ("anonymous", "refused GET /api/v1/referrals", None) in seen
     assert any("permission_denied" in row.detail for row in denied)
+
+
+def test_a_bulk_move_of_a_case_out_of_reach_is_answered_as_missing_and_audited(
+        site: Server, north_case: int) -> None:
+    with client(site, "sam.south") as sam:
+        response = sam.post(f"{REFERRALS}/transitions", json={"items": [
+            {"id": north_case, "transition": "begin_review", "version": 1}]})
+
+    assert response.status_code == 200, response.text
+    (result,) = response.json()["results"]
+    assert (result["status"], result["problem"]["code"]) == (404, "not_found")
+    with site.app.engine.connect() as connection:
+        denied = connection.execute(
+            select(audit_log.c.action, audit_log.c.detail).where(
+                audit_log.c.outcome == "denied", audit_log.c.actor_name == "sam.south",
+                audit_log.c.case_id == north_case)).all()
+    assert [row.action for row in denied] == ["refused POST /api/v1/referrals/transitions"]
+    assert "not_found" in denied[0].detail
+    with client(site, "nina.north") as nina:
+        assert nina.get(f"{REFERRALS}/{north_case}").json()["version"] == 1

@@ -289,3 +289,15 @@ def test_an_oversized_json_body_sent_without_content_length_is_refused_with_413(
     assert response.status_code == 413, response.text
     assert response.json()["code"] == "payload_too_large"
     assert case_count(api) == before
+
+
+def test_a_nul_character_in_any_text_is_a_422_naming_the_field(api: Clients) -> None:
+    before = case_count(api)
+    body = with_patient(family_name="Oka\u0000for")
+    body["reason"] = "Chest\u0000pain"
+
+    response = api("intake_coordinator").post(REFERRALS, json=body)
+
+    assert response.status_code == 422
+    assert problem_fields(response) == {"reason", "patient.family_name"}
+    assert case_count(api) == before

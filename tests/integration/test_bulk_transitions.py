@@ -1,6 +1,8 @@
 """Moving several referrals in one transaction (services.cases.transition_cases): each
 move stands alone, refusals are audited, and what moved is written like a single move."""
 
+from typing import Any
+
 import pytest
 from sqlalchemy import text
 
@@ -16,6 +18,7 @@ from careloop.domain.errors import (
     StaleVersion,
     TransitionNotAllowed,
 )
+from careloop.services import cases
 from careloop.services.cases import Move, create_referral, transition_cases
 from careloop.services.referral_input import validate_referral
 from tests.conftest import AUDITOR, INTAKE, referral_payload
@@ -51,7 +54,7 @@ def test_a_batch_of_good_moves_is_written_like_single_moves(app: App) -> None:
     assert all(result.ok for result in verify_audit_log(app.engine))
 
 
-def test_each_move_stands_alone_and_refusals_are_audited(app: App) -> None:
+def test_each_move_stands_alone(app: App) -> None:
     good, stale, guarded, elsewhere = _cases(app, 4)
     far = Actor(
         user_id=9,
@@ -84,9 +87,36 @@ def test_each_move_stands_alone_and_refusals_are_audited(app: App) -> None:
             2, 1, 1, 1,
         ]
     assert _scalar(app, "SELECT count(*) FROM outbox WHERE event_type = 'case.transitioned'") == 1
-    # Only the refusal (a case out of the actor's reach) is a security event.
-    refusals = _scalar(app, "SELECT count(*) FROM audit_log WHERE outcome = 'denied'")
-    assert refusals == 1
+    # Refusals are audited by the caller in a transaction of their own (the API edge,
+    # tests/e2e/test_record_rules_api.py), as for a single move.
+    assert _scalar(app, "SELECT count(*) FROM audit_log WHERE outcome = 'denied'") == 0
+    assert all(result.ok for result in verify_audit_log(app.engine))
+
+
+def test_a_move_failing_unexpectedly_fails_alone(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, broken, last = _cases(app, 3)
+    real_publish = cases.publish_events
+
+    def publish_failing_one(uow: Any, case: Case, now: Any, *rest: Any) -> None:
+        if case.id == broken:  # after its save, history and audit entry
+            raise RuntimeError("outbox unavailable")
+        real_publish(uow, case, now, *rest)
+
+    monkeypatch.setattr(cases, "publish_events", publish_failing_one)
+
+    results = transition_cases(
+        app.deps, INTAKE, [Move(i, "begin_review", 1) for i in (first, broken, last)]
+    )
+
+    assert [type(r).__name__ for r in results] == ["Case", "RuntimeError", "Case"]
+    with app.deps.read_uow() as work:
+        assert [work.cases.get(i).state for i in (first, broken, last)] == [
+            "documentation_review", "intake_received", "documentation_review",
+        ]
+    assert _scalar(app, "SELECT count(*) FROM case_history WHERE to_state = "
+                        "'documentation_review'") == 2
     assert all(result.ok for result in verify_audit_log(app.engine))
 
 

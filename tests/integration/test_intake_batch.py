@@ -148,3 +148,48 @@ def test_a_batch_of_one_is_answered_like_a_single_create(app: App) -> None:
     assert isinstance(created, tuple) and created[1] is True
     assert isinstance(replayed, tuple) and (replayed[0].id, replayed[1]) == (created[0].id, False)
     assert _count(app, "cases") == 1
+
+
+def test_a_clean_batch_is_written_in_one_pass_without_savepoints(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    passes: list[bool] = []
+    real = cases._create_all
+
+    def spied(deps: Any, intakes: Any, optimistic: bool) -> Any:
+        passes.append(optimistic)
+        return real(deps, intakes, optimistic)
+
+    monkeypatch.setattr(cases, "_create_all", spied)
+
+    clean = create_referrals(app.deps, [_request("a"), _request("b")])
+    mixed = create_referrals(app.deps, [_request("c"), _request(actor=AUDITOR)])
+
+    assert all(isinstance(r, tuple) for r in clean)
+    assert isinstance(mixed[1], PermissionDenied)
+    # The clean batch: one optimistic pass. The mixed one: rolled back, then careful.
+    assert passes == [True, True, False]
+    assert _count(app, "cases") == 3
+
+
+def test_a_create_whose_client_went_away_before_its_batch_is_not_written(
+    sqlite_app: App,
+) -> None:
+    blocking = BlockingPool(threads=2)
+    batcher = IntakeBatcher(sqlite_app.deps, blocking, max_batch=1)
+
+    async def first_kept_second_abandoned() -> list[Any]:
+        kept = asyncio.ensure_future(batcher.create(_request("kept")))
+        gone = asyncio.ensure_future(batcher.create(_request("gone")))
+        await asyncio.sleep(0)  # both queued; the writer has taken only the first
+        gone.cancel()
+        return await asyncio.gather(kept, gone, return_exceptions=True)
+
+    try:
+        kept, gone = asyncio.run(first_kept_second_abandoned())
+    finally:
+        blocking.shutdown()
+
+    assert isinstance(kept, tuple) and kept[1] is True
+    assert isinstance(gone, asyncio.CancelledError)
+    assert _count(sqlite_app, "cases") == 1

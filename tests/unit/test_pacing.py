@@ -68,3 +68,18 @@ def test_no_waiting_without_a_foreground_or_with_a_zero_bound() -> None:
     _worker(foreground, max_yield=0).give_way()
 
     assert foreground.asked == 0
+
+
+def test_a_worker_stopped_while_giving_way_runs_no_further_step() -> None:
+    import threading
+
+    steps: list[int] = []
+    worker = _worker(CountingForeground(busy_for=10**9), max_yield=30)
+    loop = threading.Thread(target=worker._loop, args=("relay", lambda: steps.append(1) or 0))
+    loop.start()
+
+    worker.stop()  # the API never went quiet: the loop is still giving way
+    loop.join(timeout=5)
+
+    assert not loop.is_alive()
+    assert steps == []

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from careloop import __version__
 from careloop.adapters.cel_conditions import compile_condition
+from careloop.adapters.db.engine import is_sqlite
 from careloop.adapters.webhooks import check_target, new_secret, verify
 from careloop.api import problems
 from careloop.api.blocking import BlockingPool
@@ -42,7 +43,9 @@ def create_app(app: App) -> FastAPI:
         lifespan=lifespan,
     )
     api.state.blocking = blocking
-    api.state.intake = IntakeBatcher(app.deps, blocking)
+    # SQLite has one writer: one batch at a time. PostgreSQL commits in parallel.
+    writers = 1 if is_sqlite(app.engine) else max(1, app.settings.db_pool_size // 2)
+    api.state.intake = IntakeBatcher(app.deps, blocking, writers=writers)
     api.state.deps = app.deps
     api.state.hashing = app.hashing
     api.state.authenticator = TokenAuthenticator(app.deps)

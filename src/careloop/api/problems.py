@@ -91,6 +91,12 @@ def error_problem(error: errors.CareloopError, instance: str) -> dict[str, Any]:
     return problem_body(status, error.code, error.detail, instance, **extra)
 
 
+def internal_problem(instance: str) -> dict[str, Any]:
+    """An unexpected failure, as one item of a batch answer: nothing about its cause
+    leaves the server (it is logged there)."""
+    return problem_body(500, "internal_error", "an unexpected error; it has been logged", instance)
+
+
 def _fields(problems: list[errors.FieldProblem]) -> list[dict[str, str]]:
     return [{"field": p.field, "problem": p.problem} for p in problems]
 

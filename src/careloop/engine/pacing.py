@@ -2,8 +2,9 @@
 
 `careloop serve` runs the automation worker in the API's own interpreter. Under one GIL
 every millisecond the relay spends is a millisecond a request waits, so during a burst
-the worker holds back, for at most a bounded time, and catches up once the burst is over.
-Automation is delayed by seconds at worst; it is never starved (see Worker.give_way).
+each worker loop holds back, for at most a bounded time per step, and catches up once
+the burst is over. Automation slows down under load but never stops (Worker.give_way);
+what it owes meanwhile is the backlog, which a long burst makes longer.
 """
 
 from __future__ import annotations

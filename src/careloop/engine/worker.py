@@ -113,6 +113,8 @@ class Worker:
     def _loop(self, name: str, step: Callable[[], int]) -> None:
         while not self._stop.is_set():
             self.give_way()
+            if self._stop.is_set():  # stopped while giving way: no step after stop()
+                return
             try:
                 done = step()
             except Exception:  # a database hiccup must not end the loop
@@ -123,8 +125,9 @@ class Worker:
 
     def give_way(self) -> None:
         """Wait while the API is busy, but never longer than max_yield_seconds: under
-        a sustained burst each loop still runs one step per interval, so automation falls
-        behind by a bounded amount and catches up when the burst ends."""
+        sustained load each loop still runs at least one step per interval (a relay batch,
+        a timer batch), so automation slows down but never stops; the backlog a burst
+        builds is worked off at full speed once requests pause."""
         if self.foreground is None or self.max_yield_seconds <= 0:
             return
         deadline = time.monotonic() + self.max_yield_seconds

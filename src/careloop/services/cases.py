@@ -16,19 +16,14 @@ from typing import Any
 
 from careloop.domain.access import Action, Actor
 from careloop.domain.case import Case
-from careloop.domain.errors import (
-    CareloopError,
-    IdempotencyConflict,
-    StaleVersion,
-    TransitionNotAllowed,
-)
+from careloop.domain.errors import IdempotencyConflict, StaleVersion, TransitionNotAllowed
 from careloop.domain.events import Event
 from careloop.domain.referral import CASE_TYPE
 from careloop.services.approval_gate import check_transition_gate
 from careloop.services.deps import Deps
 from careloop.services.ports import OptimisticAbort, UnitOfWork
 from careloop.services.reach import load_case
-from careloop.services.recording import audit, publish_events, refusal
+from careloop.services.recording import audit, publish_events
 from careloop.services.referral_input import ReferralChanges, ReferralIn, merge_changes
 
 
@@ -177,15 +172,17 @@ class Move:
     reason: str | None = None
 
 
-MoveResult = Case | CareloopError
+MoveResult = Case | Exception
 
 
 def transition_cases(deps: Deps, actor: Actor, moves: Sequence[Move]) -> list[MoveResult]:
     """Move several cases in one transaction (a coordinator's bulk action on a work
-    queue). Each move stands alone: one refused, stale or blocked by its guard gets its
-    error in its place of the result, audited when it is a refusal, and the others are
-    moved. An approval a move would need is not requested here: that move is answered
-    ``approval_required`` and can be made on its own.
+    queue). Each move stands alone: one refused, stale, blocked by its guard or failing
+    otherwise gets its error in its place of the result and the others are moved. Like
+    the single move, the use case does not audit refusals: the caller does, in a
+    transaction of its own (``record_refusal``), so they stay on record whatever
+    happens to this one. An approval a move would need is not requested here: that move
+    is answered ``approval_required`` and can be made on its own.
 
     First tried with every write deferred to the commit (adapters/db/write_buffer.py);
     if any move fails, the batch is rolled back and run again with a savepoint per move.
@@ -213,14 +210,10 @@ def _move_all(
                     )
                     apply_transition(uow, deps, actor, case, move.transition, move.reason, now)
                     publish_events(uow, case, now)
-            except CareloopError as error:
+            except OptimisticAbort:
+                raise
+            except Exception as error:  # this move's own failure: rolled back to its savepoint
                 results.append(error)
-                if error.audited:
-                    detail = f"{move.transition}: {error.detail}"
-                    record = refusal(
-                        actor, "refused case.transition", error.code, detail, move.case_id, now
-                    )
-                    uow.audit.append(record)
                 continue
             results.append(case)
         uow.commit()

@@ -9,7 +9,15 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from careloop.domain.errors import FieldProblem, InvalidInput
 from careloop.domain.referral import (
@@ -59,8 +67,19 @@ Priority = Literal[PRIORITIES]  # type: ignore[valid-type]
 Flag = Annotated[str, Field(min_length=1, max_length=50, pattern=r"^[a-z][a-z0-9_]*$")]
 
 
+def reject_nul(value: Any) -> Any:
+    """No NUL characters in text: PostgreSQL cannot store them (a text or JSONB value
+    holding one fails at the database), and no human-entered field needs one."""
+    texts = value if isinstance(value, list) else [value]
+    if any(isinstance(text, str) and "\x00" in text for text in texts):
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    _no_nul = field_validator("*")(reject_nul)
 
 
 class PatientIn(_Strict):

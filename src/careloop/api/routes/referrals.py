@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -11,7 +12,7 @@ from careloop.adapters.db.cases import CaseFilter
 from careloop.api.blocking import BlockingPool
 from careloop.api.intake_batcher import IntakeBatcher
 from careloop.api.presenters import present_case
-from careloop.api.problems import error_problem
+from careloop.api.problems import error_problem, internal_problem
 from careloop.api.responses import JsonResponse
 from careloop.api.schemas import (
     AssignIn,
@@ -23,14 +24,17 @@ from careloop.api.schemas import (
 )
 from careloop.api.security import CurrentActor
 from careloop.domain.case import Case
-from careloop.domain.errors import FieldProblem, InvalidInput, PayloadTooLarge
+from careloop.domain.errors import CareloopError, FieldProblem, InvalidInput, PayloadTooLarge
 from careloop.domain.workflow import Workflow
 from careloop.services import attachments, cases, queries
 from careloop.services.cases import IntakeRequest
 from careloop.services.deps import Deps
+from careloop.services.recording import record_refusal
 from careloop.services.referral_input import ReferralIn
 
 router = APIRouter(prefix="/api/v1/referrals", tags=["referrals"])
+log = logging.getLogger("careloop.api")
+BULK_REFUSAL = "refused POST /api/v1/referrals/transitions"
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
 
 
@@ -142,10 +146,18 @@ def transition_referrals(request: Request, actor: CurrentActor, body: BulkTransi
             workflow = deps.workflows.get(result.workflow_key, result.workflow_version)
             referral = present_case(result, workflow, actor)
             results.append({"id": item.id, "status": 200, "referral": referral})
-        else:
-            instance = f"/api/v1/referrals/{item.id}/transitions"
+            continue
+        instance = f"/api/v1/referrals/{item.id}/transitions"
+        if isinstance(result, CareloopError):
             problem = error_problem(result, instance)
-            results.append({"id": item.id, "status": problem["status"], "problem": problem})
+            if result.audited:  # on record like a refused single request, in its own tx
+                record_refusal(
+                    deps, actor, BULK_REFUSAL, result.code, result.detail, case_id=item.id
+                )
+        else:
+            log.error("bulk move of referral %s failed", item.id, exc_info=result)
+            problem = internal_problem(instance)
+        results.append({"id": item.id, "status": problem["status"], "problem": problem})
     return {"results": results}
 
 
