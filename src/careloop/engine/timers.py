@@ -164,6 +164,17 @@ def fire_due_timers(uow: UnitOfWorkFactory, clock: Clock, batch: int = 500) -> i
     return len(due)
 
 
+def seconds_until_due(uow: UnitOfWorkFactory, clock: Clock) -> float | None:
+    """Seconds until the earliest pending timer is due (0 when one is due already);
+    None when no timer is pending. An idle timer loop sleeps this long, not a whole
+    poll interval, so a timer due in the meantime fires on time."""
+    with uow() as work:
+        due = work.timers.next_due()
+    if due is None:
+        return None
+    return max(0.0, (due - clock.now()).total_seconds())
+
+
 def still_current(case: Case, payload: Mapping[str, Any]) -> bool:
     """A state timer only counts while the case is still in the state it was planned for."""
     if "state" not in payload:

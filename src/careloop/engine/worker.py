@@ -17,7 +17,7 @@ from typing import Any
 
 from careloop.engine.outbox import Handler, Preparer, relay_once
 from careloop.engine.pacing import Foreground
-from careloop.engine.timers import fire_due_timers
+from careloop.engine.timers import fire_due_timers, seconds_until_due
 from careloop.engine.webhooks import Sender, Signer, deliver_once
 from careloop.services.ports import Clock, UnitOfWork, UnitOfWorkFactory
 
@@ -121,7 +121,22 @@ class Worker:
                 log.exception("%s loop failed; retrying", name)
                 done = 0
             if not done:
-                self._stop.wait(self.poll_seconds)
+                self._stop.wait(self._idle_wait(name))
+
+    def _idle_wait(self, name: str) -> float:
+        """How long a loop that found nothing sleeps: the poll interval, except that the
+        timer loop wakes when the next timer is due if that comes sooner."""
+        if name != "timers":
+            return self.poll_seconds
+        try:
+            until = seconds_until_due(self.uow, self.clock)
+        except Exception:  # a database hiccup: poll as usual
+            log.exception("looking up the next due timer failed")
+            return self.poll_seconds
+        if until is None:
+            return self.poll_seconds
+        # A floor, so a timer another worker holds does not make this loop spin.
+        return min(self.poll_seconds, max(until, 0.01))
 
     def give_way(self) -> None:
         """Wait while the API is busy, but never longer than max_yield_seconds: under

@@ -117,6 +117,12 @@ class TimerStore:
         )
         return [dict(r) for r in self._connection.execute(query).mappings()]
 
+    def next_due(self) -> datetime | None:
+        """When the earliest pending timer is due (None: no timer pending)."""
+        query = select(func.min(timers.c.due_at)).where(timers.c.status == "pending")
+        due: datetime | None = self._connection.execute(query).scalar()
+        return due
+
     def mark_fired(self, timer_ids: list[int], at: datetime) -> None:
         if timer_ids:
             self._connection.execute(
