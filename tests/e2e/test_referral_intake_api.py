@@ -19,13 +19,6 @@ REFERRALS = "/api/v1/referrals"
 PROBLEM_JSON = "application/problem+json"
 
 
-
-
-
-
-
-
-
 def problem_fields(response: httpx.Response) -> set[str]:
     return {error["field"] for error in response.json().get("errors", [])}
 
