@@ -83,3 +83,31 @@ def test_a_worker_stopped_while_giving_way_runs_no_further_step() -> None:
 
     assert not loop.is_alive()
     assert steps == []
+
+
+def test_fired_timers_wake_the_relay_instead_of_waiting_out_its_poll_interval() -> None:
+    import threading
+
+    relay_calls: list[int] = []
+    relay_first, relay_again = threading.Event(), threading.Event()
+    fired = [1]  # one batch of timers, then nothing
+
+    def relay() -> int:
+        relay_calls.append(1)
+        (relay_first if len(relay_calls) == 1 else relay_again).set()
+        return 0
+
+    def timers() -> int:
+        relay_first.wait(5)  # the relay has looked once and gone to sleep
+        return fired.pop() if fired else 0
+
+    worker = _worker(None, max_yield=0)
+    worker.loops = lambda: {"relay": relay, "timers": timers}  # type: ignore[method-assign]
+    worker._idle_wait = lambda name: 30.0  # type: ignore[method-assign]
+    worker.start()
+    try:
+        woken = relay_again.wait(5)
+    finally:
+        worker.stop(timeout=5)
+
+    assert woken  # long before the relay's 30 s poll interval

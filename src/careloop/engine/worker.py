@@ -88,6 +88,8 @@ class Worker:
     foreground: Foreground | None = None
     max_yield_seconds: float = 1.0
     _stop: threading.Event = field(default_factory=threading.Event)
+    # Per loop: set to cut its idle sleep short (new work for it, or stop()).
+    _wake: dict[str, threading.Event] = field(default_factory=dict)
     _threads: list[threading.Thread] = field(default_factory=list)
 
     def loops(self) -> dict[str, Callable[[], int]]:
@@ -103,6 +105,7 @@ class Worker:
         }
 
     def start(self) -> None:
+        self._wake.update({name: threading.Event() for name in self.loops()})
         for name, step in self.loops().items():
             thread = threading.Thread(
                 target=self._loop, args=(name, step), name=f"careloop-{name}", daemon=True
@@ -115,13 +118,30 @@ class Worker:
             self.give_way()
             if self._stop.is_set():  # stopped while giving way: no step after stop()
                 return
+            wake = self._wake.get(name)
+            if wake is not None:
+                wake.clear()  # before the step: work handed on during it still wakes us
             try:
                 done = step()
             except Exception:  # a database hiccup must not end the loop
                 log.exception("%s loop failed; retrying", name)
                 done = 0
-            if not done:
+            if done:
+                self._wake_next(name)
+            elif wake is None:
                 self._stop.wait(self._idle_wait(name))
+            else:
+                wake.wait(self._idle_wait(name))
+
+    # What a loop's work hands on, in this worker: fired timers are events to relay,
+    # relayed events may be webhooks to deliver. Woken, the next loop does not sleep out
+    # its poll interval first.
+    _NEXT = {"timers": "relay", "relay": "deliveries"}
+
+    def _wake_next(self, name: str) -> None:
+        wake = self._wake.get(self._NEXT.get(name, ""))
+        if wake is not None:
+            wake.set()
 
     def _idle_wait(self, name: str) -> float:
         """How long a loop that found nothing sleeps: the poll interval, except that the
@@ -162,6 +182,8 @@ class Worker:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        for wake in self._wake.values():
+            wake.set()
         for thread in self._threads:
             thread.join(timeout)
 
