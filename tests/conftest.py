@@ -103,6 +103,14 @@ def sqlite_app(sqlite_url: str, clock: ManualClock) -> Iterator[App]:
     application.engine.dispose()
 
 
+@pytest.fixture
+def pg_app(postgres_url: str, clock: ManualClock) -> Iterator[App]:
+    """PostgreSQL only: for what SQLite's one writer lock makes impossible to provoke."""
+    application = make_app(postgres_url, clock)
+    yield application
+    application.engine.dispose()
+
+
 def actor(role: Role | str, user_id: int = 1, username: str | None = None) -> Actor:
     name = str(role.value if isinstance(role, Role) else role)
     return Actor(
@@ -153,3 +161,12 @@ def referral_payload(**overrides: object) -> dict[str, object]:
     }
     payload.update(overrides)
     return payload
+
+
+def new_case(app: App) -> int:
+    """A valid referral created by the intake coordinator; its id."""
+    from careloop.services.cases import create_referral
+    from careloop.services.referral_input import validate_referral
+
+    case, _ = create_referral(app.deps, INTAKE, validate_referral(referral_payload()))
+    return case.id

@@ -19,16 +19,12 @@ from careloop.domain.errors import (
     TransitionNotAllowed,
 )
 from careloop.services import cases
-from careloop.services.cases import Move, create_referral, transition_cases
-from careloop.services.referral_input import validate_referral
-from tests.conftest import AUDITOR, INTAKE, referral_payload
+from careloop.services.cases import Move, transition_cases
+from tests.conftest import AUDITOR, INTAKE, new_case
 
 
 def _cases(app: App, n: int) -> list[int]:
-    return [
-        create_referral(app.deps, INTAKE, validate_referral(referral_payload()))[0].id
-        for _ in range(n)
-    ]
+    return [new_case(app) for _ in range(n)]
 
 
 def _scalar(app: App, sql: str) -> int:

@@ -2,7 +2,6 @@
 the same transaction still see them, the commit writes them all, and a case saved by
 someone else meanwhile fails the batch instead of being overwritten."""
 
-from collections.abc import Iterator
 
 import pytest
 
@@ -11,23 +10,18 @@ from careloop.bootstrap import App
 from careloop.domain.errors import StaleVersion
 from careloop.engine.actions import automation_actor
 from careloop.services.attachments import record_task, task_values
-from careloop.services.cases import apply_update, create_referral, update_case
+from careloop.services.cases import apply_update, update_case
 from careloop.services.ports import ManualClock, OptimisticAbort
-from careloop.services.referral_input import validate_changes, validate_referral
-from tests.conftest import INTAKE, make_app, referral_payload
+from careloop.services.referral_input import validate_changes
+from tests.conftest import INTAKE, new_case
 
 ROBOT = automation_actor("deferred-test")
-
-
-def _new_case(app: App) -> int:
-    case, _ = create_referral(app.deps, INTAKE, validate_referral(referral_payload()))
-    return case.id
 
 
 def test_deferred_writes_are_seen_by_later_reads_and_all_committed(
     app: App, clock: ManualClock
 ) -> None:
-    case_id = _new_case(app)
+    case_id = new_case(app)
     now = clock.now()
     with app.deps.uow() as work:
         work.optimistic = True
@@ -56,7 +50,7 @@ def test_deferred_writes_are_seen_by_later_reads_and_all_committed(
 def test_a_stale_expected_version_is_refused_before_anything_is_deferred(
     app: App, clock: ManualClock
 ) -> None:
-    case_id = _new_case(app)
+    case_id = new_case(app)
     with app.deps.uow() as work:
         work.optimistic = True
         case = work.cases.get(case_id)
@@ -65,7 +59,7 @@ def test_a_stale_expected_version_is_refused_before_anything_is_deferred(
 
 
 def test_a_rolled_back_optimistic_batch_leaves_nothing(app: App, clock: ManualClock) -> None:
-    case_id = _new_case(app)
+    case_id = new_case(app)
     now = clock.now()
     with app.deps.uow() as work:
         work.optimistic = True
@@ -77,20 +71,13 @@ def test_a_rolled_back_optimistic_batch_leaves_nothing(app: App, clock: ManualCl
         assert work.cases.get(case_id).version == 1
 
 
-@pytest.fixture
-def pg_app(postgres_url: str, clock: ManualClock) -> Iterator[App]:
-    app = make_app(postgres_url, clock)
-    yield app
-    app.engine.dispose()
-
-
 def test_a_case_saved_meanwhile_fails_the_deferred_save_and_writes_nothing(
     pg_app: App, clock: ManualClock
 ) -> None:
     # PostgreSQL only: on SQLite the batch holds the one write lock, so nobody can save
     # the case meanwhile.
     app = pg_app
-    case_id = _new_case(app)
+    case_id = new_case(app)
     now = clock.now()
     with app.deps.uow() as work:
         work.optimistic = True

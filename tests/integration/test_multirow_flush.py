@@ -2,7 +2,6 @@
 SQLite keeps executemany. Either way the rows, their order and their conflicts come out
 as one statement per row would leave them."""
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -15,23 +14,18 @@ from careloop.adapters.db.insert_new import insert_new_statement
 from careloop.adapters.db.multi_row import MAX_ROWS
 from careloop.adapters.db.tables import outbox
 from careloop.bootstrap import App
-from careloop.services.cases import apply_update, create_referral, update_case
+from careloop.services.cases import apply_update, update_case
 from careloop.services.ports import ManualClock, OptimisticAbort
-from careloop.services.referral_input import validate_changes, validate_referral
-from tests.conftest import INTAKE, make_app, referral_payload
+from careloop.services.referral_input import validate_changes
+from tests.conftest import INTAKE, new_case
 from tests.integration.test_deferred_writes import ROBOT
 
 # More than two full statements and a remainder that needs several ladder sizes.
 MANY = 2 * MAX_ROWS + 37
 
 
-def _new_case(app: App) -> int:
-    case, _ = create_referral(app.deps, INTAKE, validate_referral(referral_payload()))
-    return case.id
-
-
 def test_deferred_outbox_rows_keep_their_order_and_values(app: App, clock: ManualClock) -> None:
-    case_id = _new_case(app)
+    case_id = new_case(app)
     now = clock.now()
     with app.deps.uow() as work:
         work.optimistic = True
@@ -56,7 +50,7 @@ def test_deferred_outbox_rows_keep_their_order_and_values(app: App, clock: Manua
 
 
 def test_a_timer_planned_twice_in_one_batch_is_stored_once(app: App, clock: ManualClock) -> None:
-    case_id = _new_case(app)
+    case_id = new_case(app)
     now = clock.now()
     rows: list[dict[str, Any]] = [
         {
@@ -121,20 +115,13 @@ def test_execute_many_counts_rows_and_skips_taken_keys(app: App, clock: ManualCl
     assert keys == [row["key"] for row in rows]
 
 
-@pytest.fixture
-def pg_app(postgres_url: str, clock: ManualClock) -> Iterator[App]:
-    app = make_app(postgres_url, clock)
-    yield app
-    app.engine.dispose()
-
-
 def test_a_stale_case_among_many_fails_the_batch_and_writes_nothing(
     pg_app: App, clock: ManualClock
 ) -> None:
     # PostgreSQL only: on SQLite the batch holds the one write lock, so nobody can save
     # a case meanwhile.
     app = pg_app
-    case_ids = [_new_case(app) for _ in range(3)]
+    case_ids = [new_case(app) for _ in range(3)]
     now = clock.now()
     with app.deps.uow() as work:
         work.optimistic = True
