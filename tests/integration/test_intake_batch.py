@@ -154,13 +154,13 @@ def test_a_clean_batch_is_written_in_one_pass_without_savepoints(
     app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     passes: list[bool] = []
-    real = cases._create_all
+    real = cases._run_each
 
-    def spied(deps: Any, intakes: Any, optimistic: bool) -> Any:
+    def spied(deps: Any, items: Any, step: Any, prepare: Any, optimistic: bool) -> Any:
         passes.append(optimistic)
-        return real(deps, intakes, optimistic)
+        return real(deps, items, step, prepare, optimistic)
 
-    monkeypatch.setattr(cases, "_create_all", spied)
+    monkeypatch.setattr(cases, "_run_each", spied)
 
     clean = create_referrals(app.deps, [_request("a"), _request("b")])
     mixed = create_referrals(app.deps, [_request("c"), _request(actor=AUDITOR)])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections import deque
 
 from careloop.api.blocking import BlockingPool
 from careloop.domain.case import Case
@@ -33,7 +34,7 @@ class IntakeBatcher:
         self._max_batch = max_batch
         self._max_writers = writers
         # Only the event loop's thread touches these: no lock needed.
-        self._waiting: list[Waiting] = []
+        self._waiting: deque[Waiting] = deque()
         self._writers: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
 
     async def create(self, request: IntakeRequest) -> tuple[Case, bool]:
@@ -84,7 +85,7 @@ class IntakeBatcher:
         (their request was cancelled before a batch took it): they are not written."""
         batch: list[Waiting] = []
         while self._waiting and len(batch) < self._max_batch:
-            entry = self._waiting.pop(0)
+            entry = self._waiting.popleft()
             if not entry[1].done():
                 batch.append(entry)
         return batch

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from careloop.domain.access import Action, Actor
 from careloop.domain.case import Case
@@ -25,6 +25,9 @@ from careloop.services.ports import OptimisticAbort, UnitOfWork
 from careloop.services.reach import load_case
 from careloop.services.recording import audit, publish_events
 from careloop.services.referral_input import ReferralChanges, ReferralIn, merge_changes
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def create_referral(
@@ -59,12 +62,9 @@ def create_referrals(deps: Deps, requests: Sequence[IntakeRequest]) -> list[Inta
     """Create several referrals in one transaction: one lock, one commit, one flush to
     disk for the lot (group commit). Each request stands alone: one that fails (refused,
     invalid, a reused idempotency key) gets its error in its place of the result and the
-    others are created. If the commit of several fails, it raises and nothing is written.
-
-    First tried with every write deferred to the commit and no savepoints (the relay's
-    optimistic batch, adapters/db/write_buffer.py); if any request fails, the batch is
-    rolled back and run again with a savepoint per request. The API batches concurrent
-    POSTs through here (api/intake_batcher.py); imports of many referrals may call it."""
+    others are created (_each_alone). If the commit of several fails, it raises and
+    nothing is written. The API batches concurrent POSTs through here
+    (api/intake_batcher.py); imports of many referrals may call it."""
     intakes = [_Intake(r.actor, r.referral, r.idempotency_key) for r in requests]
     if len(intakes) == 1:  # its own transaction: nothing to stand apart from
         try:
@@ -72,28 +72,12 @@ def create_referrals(deps: Deps, requests: Sequence[IntakeRequest]) -> list[Inta
             return [_create_alone(deps, intakes[0])]
         except Exception as error:  # the request's own failure, reported to it
             return [error]
-    try:
-        return _create_all(deps, intakes, optimistic=True)
-    except OptimisticAbort:
-        return _create_all(deps, intakes, optimistic=False)
 
+    def create(uow: UnitOfWork, intake: _Intake, now: datetime) -> tuple[Case, bool]:
+        intake.actor.require(Action.CASE_CREATE)
+        return _create(uow, deps, intake, now)
 
-def _create_all(deps: Deps, intakes: Sequence[_Intake], optimistic: bool) -> list[IntakeResult]:
-    results: list[IntakeResult] = []
-    now = deps.clock.now()
-    with deps.uow() as uow:
-        uow.optimistic = optimistic
-        for intake in intakes:
-            try:
-                with uow.savepoint():
-                    intake.actor.require(Action.CASE_CREATE)
-                    results.append(_create(uow, deps, intake, now))
-            except OptimisticAbort:
-                raise
-            except Exception as error:  # the request's own failure, reported to it alone
-                results.append(error)
-        uow.commit()
-    return results
+    return _each_alone(deps, intakes, create)
 
 
 class _Intake:
@@ -182,40 +166,64 @@ def transition_cases(deps: Deps, actor: Actor, moves: Sequence[Move]) -> list[Mo
     the single move, the use case does not audit refusals: the caller does, in a
     transaction of its own (``record_refusal``), so they stay on record whatever
     happens to this one. An approval a move would need is not requested here: that move
-    is answered ``approval_required`` and can be made on its own.
-
-    First tried with every write deferred to the commit (adapters/db/write_buffer.py);
-    if any move fails, the batch is rolled back and run again with a savepoint per move.
+    is answered ``approval_required`` and can be made on its own. Writes are deferred
+    to the commit unless a move fails (_each_alone).
     """
     actor.require(Action.CASE_TRANSITION)
+
+    def move(uow: UnitOfWork, move: Move, now: datetime) -> Case:
+        case = _load_current(load_case(uow, actor, move.case_id, now), move.expected_version)
+        apply_transition(uow, deps, actor, case, move.transition, move.reason, now)
+        publish_events(uow, case, now)
+        return case
+
+    def prefetch(uow: UnitOfWork) -> None:
+        uow.cases.prefetch({move.case_id for move in moves})
+
+    return _each_alone(deps, moves, move, prefetch)
+
+
+def _each_alone(
+    deps: Deps,
+    items: Sequence[T],
+    step: Callable[[UnitOfWork, T, datetime], R],
+    prepare: Callable[[UnitOfWork], None] | None = None,
+) -> list[R | Exception]:
+    """``step`` for every item in one transaction, each item standing alone: one that
+    fails gets its error in its place of the result and the others go through.
+
+    First tried with every write deferred to the commit and no savepoints (the relay's
+    optimistic batch, adapters/db/write_buffer.py); if any item fails, the batch is
+    rolled back and run again with a savepoint per item."""
     try:
-        return _move_all(deps, actor, moves, optimistic=True)
+        return _run_each(deps, items, step, prepare, optimistic=True)
     except OptimisticAbort:
-        return _move_all(deps, actor, moves, optimistic=False)
+        return _run_each(deps, items, step, prepare, optimistic=False)
 
 
-def _move_all(
-    deps: Deps, actor: Actor, moves: Sequence[Move], optimistic: bool
-) -> list[MoveResult]:
-    results: list[MoveResult] = []
+def _run_each(
+    deps: Deps,
+    items: Sequence[T],
+    step: Callable[[UnitOfWork, T, datetime], R],
+    prepare: Callable[[UnitOfWork], None] | None,
+    optimistic: bool,
+) -> list[R | Exception]:
+    results: list[R | Exception] = []
     now = deps.clock.now()
     with deps.uow() as uow:
         uow.optimistic = optimistic
-        uow.cases.prefetch({move.case_id for move in moves})
-        for move in moves:
+        if prepare is not None:
+            prepare(uow)
+        for item in items:
             try:
                 with uow.savepoint():
-                    case = _load_current(
-                        load_case(uow, actor, move.case_id, now), move.expected_version
-                    )
-                    apply_transition(uow, deps, actor, case, move.transition, move.reason, now)
-                    publish_events(uow, case, now)
+                    result = step(uow, item, now)
             except OptimisticAbort:
                 raise
-            except Exception as error:  # this move's own failure: rolled back to its savepoint
+            except Exception as error:  # this item's own failure: rolled back to its savepoint
                 results.append(error)
                 continue
-            results.append(case)
+            results.append(result)
         uow.commit()
     return results
 
