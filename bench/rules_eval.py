@@ -283,7 +283,7 @@ def generate_events(count: int, clinics: tuple[str, ...], workflow: Any, timer_k
 
 def careloop_step(rulesets: Iterable[Any]) -> Callable[[Sample], list[Any]]:
     """Automation's per-event path without database writes; returns the evaluated rules."""
-    from careloop.engine.automation import _discriminators, _evaluate, _trigger_matches
+    from careloop.engine.automation import _discriminators, _evaluate, matching
 
     rulesets = tuple(rulesets)
 
@@ -294,12 +294,13 @@ def careloop_step(rulesets: Iterable[Any]) -> Callable[[Sample], list[Any]]:
             candidates = ruleset.candidates(s.kind, _discriminators(s.kind, s.payload),
                                             str(data.get("specialty", "")),
                                             str(data.get("clinic", "")))
-            candidates = [r for r in candidates
-                          if _trigger_matches(r, s.kind, s.payload, s.case)]
-            # As Automation._run_ruleset does: one activation per event, shared by its rules.
+            candidates = matching(candidates, s.kind, s.payload, s.case)
+            # As Automation._run_ruleset does: one activation per event, shared by its
+            # rules, and one verdict per distinct condition text on it.
             activation = s.case.activation(NOW) if candidates else None
+            verdicts: dict[str, Any] = {}
             for rule in candidates:
-                _evaluate(rule.condition, activation)
+                _evaluate(rule.condition, activation, verdicts)
                 evaluated.append(rule)
         return evaluated
 

@@ -8,7 +8,7 @@ an event only evaluates the few rules that could match it, even with 10,000 rule
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -136,29 +136,43 @@ class RuleSet:
     templates: Mapping[str, Template] = field(default_factory=dict)
     supervisors: Mapping[str, str] = field(default_factory=dict)  # clinic -> username
     source: str = ""
-    _index: dict[tuple[str, str, str], list[Rule]] = field(default_factory=dict, repr=False)
+    # (trigger kind, discriminator, specialty, clinic) -> rules; ANY where unscoped
+    _index: dict[tuple[str, str, str, str], list[Rule]] = field(default_factory=dict, repr=False)
     _timer_rules: tuple[Rule, ...] = field(default=(), repr=False)
     _triggers: set[tuple[str, str]] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
+        # Equal triggers become one object, so an event tests each distinct trigger once
+        # (engine.automation matches by identity) however many rules share it.
+        shared: dict[Trigger, Trigger] = {}
+        self.rules = tuple(
+            rule
+            if shared.setdefault(rule.trigger, rule.trigger) is rule.trigger
+            else replace(rule, trigger=shared[rule.trigger])
+            for rule in self.rules
+        )
         self._timer_rules = tuple(r for r in self.rules if r.trigger.kind is TriggerKind.TIMER)
         for rule in self.rules:
             for discriminator in rule.trigger.discriminators():
                 self._triggers.add((rule.trigger.kind.value, discriminator))
                 for specialty in rule.specialties or {ANY}:
-                    key = (rule.trigger.kind.value, discriminator, specialty)
-                    self._index.setdefault(key, []).append(rule)
+                    for clinic in rule.clinics or {ANY}:
+                        key = (rule.trigger.kind.value, discriminator, specialty, clinic)
+                        self._index.setdefault(key, []).append(rule)
 
     def candidates(
         self, kind: TriggerKind, discriminators: Iterable[str], specialty: str, clinic: str
     ) -> list[Rule]:
         """Rules that an event of ``kind`` could trigger for a case in this scope,
         in definition order, with layered replacements applied."""
+        # The index is keyed by scope too, so every rule found is in scope: with many
+        # locations, an event never looks at the other locations' rules.
         found: dict[int, Rule] = {}
+        index = self._index
         for discriminator in (*discriminators, ANY):
-            for scope in (specialty, ANY):
-                for rule in self._index.get((kind.value, discriminator, scope), ()):
-                    if rule.in_scope(specialty, clinic):
+            for in_specialty in (specialty, ANY):
+                for at_clinic in (clinic, ANY):
+                    for rule in index.get((kind.value, discriminator, in_specialty, at_clinic), ()):
                         found[rule.position] = rule
         if not found:
             return []

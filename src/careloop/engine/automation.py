@@ -10,6 +10,7 @@ the chain depth; past the rule set's limit the chain stops with an exception tas
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +40,9 @@ from careloop.services.ports import UnitOfWork
 from careloop.services.recording import publish_events
 
 log = logging.getLogger("careloop.automation")
+# A condition's verdict: (its inputs, whether it passed, why not); new_run copies inputs.
+Verdict = tuple[dict[str, Any], bool, str | None]
+Verdicts = dict[str, Verdict]
 _REFERENCE = re.compile(r"\bcase\.([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)")
 
 
@@ -132,7 +136,7 @@ class Automation:
             str(case.data.get("specialty", "")),
             str(case.data.get("clinic", "")),
         )
-        candidates = [rule for rule in candidates if _trigger_matches(rule, kind, payload, case)]
+        candidates = matching(candidates, kind, payload, case)
         if not candidates:
             return case
         depth = int((payload.get("automation") or {}).get("depth", 0))
@@ -140,11 +144,15 @@ class Automation:
             self._stop_chain(work, ruleset, candidates, case, event, depth, now)
             return case
         activation = case.activation(now)  # one per event: conditions share its conversion
+        verdicts: Verdicts = {}
         for rule in candidates:
             version = case.version
-            case = self._run_rule(work, config, ruleset, rule, case, event, depth, now, activation)
+            case = self._run_rule(
+                work, config, ruleset, rule, case, event, depth, now, activation, verdicts
+            )
             if case.version != version:
                 activation = case.activation(now)  # a rule changed the case: later rules see it
+                verdicts = {}
         return case
 
     def _run_rule(
@@ -158,9 +166,10 @@ class Automation:
         depth: int,
         now: datetime,
         activation: dict[str, object],
+        verdicts: Verdicts,
     ) -> Case:
         event_key = str(event["idempotency_key"])
-        inputs, passed, problem = _evaluate(rule.condition, activation)
+        inputs, passed, problem = _evaluate(rule.condition, activation, verdicts)
         run = new_run(case.id, event, rule.key, ruleset.key, ruleset.version, depth, now, inputs)
         if not passed:
             run.update(outcome="skipped", error=problem)
@@ -283,6 +292,24 @@ def _discriminators(kind: TriggerKind, payload: Mapping[str, Any]) -> tuple[str,
     return ()
 
 
+def matching(
+    rules: Sequence[Rule], kind: TriggerKind, payload: Mapping[str, Any], case: Case
+) -> list[Rule]:
+    """The rules whose trigger this event meets. Rules sharing a trigger (RuleSet makes
+    equal triggers one object) share the test; a timer trigger also names its rule."""
+    if kind is TriggerKind.TIMER:
+        return [rule for rule in rules if _trigger_matches(rule, kind, payload, case)]
+    met: dict[int, bool] = {}
+    found = []
+    for rule in rules:
+        passed = met.get(id(rule.trigger))
+        if passed is None:
+            passed = met[id(rule.trigger)] = _trigger_matches(rule, kind, payload, case)
+        if passed:
+            found.append(rule)
+    return found
+
+
 def _trigger_matches(rule: Rule, kind: TriggerKind, payload: Mapping[str, Any], case: Case) -> bool:
     trigger = rule.trigger
     if kind is TriggerKind.TRANSITIONED:
@@ -334,19 +361,36 @@ def _field_change_matches(rule: Rule, payload: Mapping[str, Any], case: Case) ->
 
 
 def _evaluate(
-    condition: Condition | None, activation: Mapping[str, Any]
-) -> tuple[dict[str, Any], bool, str | None]:
+    condition: Condition | None, activation: Mapping[str, Any], verdicts: Verdicts | None = None
+) -> Verdict:
     """(the condition's inputs, whether it passed, why not) — the inputs are the case
-    fields it references, recorded so a coordinator can see why a rule fired or not."""
+    fields it references, recorded so a coordinator can see why a rule fired or not.
+
+    ``verdicts`` holds what conditions gave on this same activation, by their text: rules
+    layered per specialty and location repeat the same conditions, and a CEL condition
+    has no side effects, so one evaluation per distinct text serves them all."""
     if condition is None:
         return {}, True, None
+    if verdicts is not None:
+        known = verdicts.get(condition.source)
+        if known is not None:
+            return known
     view = activation["case"]
-    inputs = {path: _json_safe(lookup(view, path)) for path in _REFERENCE.findall(condition.source)}
+    inputs = {path: _json_safe(lookup(view, path)) for path in _references(condition.source)}
     try:
         passed = condition.evaluate(activation)
     except ConditionError as error:
-        return inputs, False, f"condition could not be evaluated: {error}"
-    return inputs, passed, None if passed else "condition is false"
+        verdict: Verdict = (inputs, False, f"condition could not be evaluated: {error}")
+    else:
+        verdict = (inputs, passed, None if passed else "condition is false")
+    if verdicts is not None:
+        verdicts[condition.source] = verdict
+    return verdict
+
+
+@functools.lru_cache(maxsize=4096)
+def _references(source: str) -> tuple[str, ...]:
+    return tuple(_REFERENCE.findall(source))
 
 
 def _json_safe(value: object) -> object:
