@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -106,6 +107,8 @@ def _relay_batch(
         )
         if prepare is not None and rows:
             prepare(work, rows)
+        if work.optimistic:
+            work.outbox.capture()
         held: set[int] = set()  # cases with a failed event: their later events wait
         for row in rows:
             if row["case_id"] in held:
@@ -133,6 +136,57 @@ def _relay_batch(
                     held.add(row["case_id"])
                 continue
             published.append(row["id"])
+        caused = _relay_caused(work, handlers, rows, now, batch) if work.optimistic else 0
         work.outbox.mark_published(published, now)
         work.commit()
-    return len(published)
+    return len(published) + caused
+
+
+def _relay_caused(
+    work: UnitOfWork,
+    handlers: list[Handler],
+    claimed: list[dict[str, Any]],
+    now: datetime,
+    batch: int,
+) -> int:
+    """Handle the events the batch's handlers caused (a rule's case.updated and
+    case.task_added...) in the same transaction, and write them already published:
+    otherwise each would be claimed, handled and marked by a later batch of its own,
+    for the most part only to find no rule listening.
+
+    Per-case order holds: they are handled after every claimed event, in the order
+    they were caused, and only for cases with no other pending event (one held back by
+    a retry, claimed by another worker or added meanwhile), which stay pending in line
+    behind it. Only optimistic batches do this, whose failure re-runs the whole batch
+    carefully; integration calls leave the database and wait for their own batch. At
+    most ``batch`` times ten are handled; the rest wait for later batches."""
+    claimed_ids = {row["id"] for row in claimed}
+    probed: set[int] = set()
+    waiting: set[int] = set()
+    queue: deque[dict[str, Any]] = deque()
+
+    def take() -> None:
+        caused = work.outbox.take_caused()
+        fresh = {row["case_id"] for row in caused if row["case_id"] is not None} - probed
+        if fresh:
+            waiting.update(work.outbox.cases_waiting(fresh, claimed_ids))
+            probed.update(fresh)
+        queue.extend(caused)
+
+    take()
+    handled: list[dict[str, Any]] = []
+    while queue and len(handled) < batch * 10:
+        row = queue.popleft()
+        case_id = row["case_id"]
+        if case_id is None or case_id in waiting or row["event_type"] in EXTERNAL_EVENTS:
+            if case_id is not None:
+                waiting.add(case_id)  # its later events queue behind this one
+            continue
+        event = {**row, "id": None}
+        with work.savepoint():
+            for handler in handlers:
+                handler(work, event)
+        handled.append(row)
+        take()
+    work.outbox.publish_caused(handled, now)
+    return len(handled)

@@ -176,12 +176,18 @@ def deliver_once(
     if not leased:
         return 0
     outcomes = []
+    gone: set[int] = set()  # endpoints that answered 410 in this batch: send them no more
     for delivery in leased:
+        if delivery["subscription_id"] in gone:
+            continue  # parked with the rest of its queue when the 410 is recorded
         sent_at = clock.now()
         body = delivery["body"].encode()
         headers = sign(list(delivery["secrets"]), delivery["message_id"], sent_at, body)
         attempt = sender.send(delivery["url"], body, headers)
         outcomes.append((delivery, sent_at, attempt))
+        number = int(delivery["attempts"]) + 1
+        if decide(number, attempt, sent_at).outcome is Outcome.DISABLE_ENDPOINT:
+            gone.add(delivery["subscription_id"])
     with uow() as work:
         work.webhooks.record_attempts(
             [_judge(work, delivery, sent_at, attempt) for delivery, sent_at, attempt in outcomes]

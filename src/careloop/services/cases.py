@@ -340,7 +340,7 @@ def _load_current(case: Case, expected_version: int) -> Case:
 
 
 def _apply_changes(case: Case, changes: ReferralChanges, now: Any) -> list[str]:
-    merged = merge_changes(case.data, changes).model_dump(mode="json", exclude_none=True)
+    merged = merge_changes(case.data, changes)
     changed = sorted(k for k in set(merged) | set(case.data) if merged.get(k) != case.data.get(k))
     before = {name: case.data.get(name) for name in changed}
     case.data = merged

@@ -6,6 +6,7 @@ the domain so the API, the CLI and the demo generator all apply the same rules.
 
 from __future__ import annotations
 
+import functools
 from datetime import date
 from typing import Annotated, Any, Literal
 
@@ -16,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     field_validator,
 )
 
@@ -180,12 +182,37 @@ def validate_changes(data: dict[str, Any]) -> ReferralChanges:
         raise InvalidInput(problems_from(error)) from error
 
 
-def merge_changes(current: dict[str, Any], changes: ReferralChanges) -> ReferralIn:
-    """Apply ``changes`` onto ``current`` (nested objects merged) and re-validate the whole."""
+def merge_changes(current: dict[str, Any], changes: ReferralChanges) -> dict[str, Any]:
+    """``current`` (stored referral data, valid when written) with ``changes`` applied,
+    nested objects merged, as stored: JSON values, no nulls. Only the fields the changes
+    touch are validated, against ReferralIn's own definitions: its checks are per field
+    (none spans fields), so the untouched ones would pass again."""
     merged = dict(current)
+    touched: dict[str, Any] = {}
     for name, value in changes.model_dump(mode="json", exclude_unset=True).items():
         if isinstance(value, dict) and isinstance(merged.get(name), dict):
-            merged[name] = {**merged[name], **value}
+            value = {**merged[name], **value}
+        touched[name] = value
+    try:
+        model = _referral_part(frozenset(touched)).model_validate(touched)
+    except ValidationError as error:
+        raise InvalidInput(problems_from(error)) from error
+    valid = model.model_dump(mode="json", exclude_none=True)
+    for name in touched:
+        if name in valid:
+            merged[name] = valid[name]
         else:
-            merged[name] = value
-    return validate_referral(merged)
+            merged.pop(name, None)
+    return merged
+
+
+@functools.lru_cache(maxsize=256)
+def _referral_part(names: frozenset[str]) -> type[BaseModel]:
+    """A model of ReferralIn's fields ``names`` alone, with the same definitions."""
+    # Per-field validation is only the whole of it while no check spans fields.
+    assert not ReferralIn.__pydantic_decorators__.model_validators, "validate the whole"
+    fields: dict[str, Any] = {
+        name: (ReferralIn.model_fields[name].annotation, ReferralIn.model_fields[name])
+        for name in names
+    }
+    return create_model("ReferralIn", __base__=_Strict, **fields)

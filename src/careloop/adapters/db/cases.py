@@ -252,12 +252,15 @@ class CaseRepository:
             kept = self.get(case.id)  # the version the database holds, kept from now on
         if kept.version != expected_version:
             raise StaleVersion(expected_version, kept.version)
-        values = self._saved_values(case, expected_version + 1)
-        row = {f"new_{name}": value for name, value in values.items()}
-        row.update(case_id=case.id, expected_version=expected_version)
-        buffer.save_case(case.id, _SAVE_CASE, row)
         case.version = expected_version + 1
         saved = copy_case(case)
+
+        def row() -> dict[str, Any]:
+            # Made at the flush: a case saved by five rules is written, and encoded, once.
+            values = self._saved_values(saved, saved.version)
+            return {"case_id": saved.id, **{f"new_{k}": v for k, v in values.items()}}
+
+        buffer.save_case(case.id, _SAVE_CASE, expected_version, row)
         # What hangs off the case is the store's to count: the caller's copy may predate
         # tasks added since it was loaded.
         saved.open_tasks, saved.document_types = kept.open_tasks, kept.document_types

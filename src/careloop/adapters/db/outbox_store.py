@@ -11,7 +11,7 @@ from sqlalchemy.sql.elements import BindParameter
 
 from careloop.adapters.db.driver_sql import insert_into
 from careloop.adapters.db.tables import outbox
-from careloop.adapters.db.write_buffer import WriteBuffer
+from careloop.adapters.db.write_buffer import COMMITTED_READ, WriteBuffer
 
 _INSERT = insert_into(outbox)
 _PENDING = outbox.c.published_at.is_(None) & outbox.c.dead_at.is_(None)
@@ -55,6 +55,10 @@ def _by_ids(array: bool) -> tuple[Update, Select[Any]]:
     )
 
 
+_MARK_PUBLISHED_BY_KEY = _MARK_PUBLISHED.where(
+    outbox.c.idempotency_key.in_(bindparam("keys", expanding=True))
+)
+_NO_LIMIT = 2**62
 _BY_IDS = {"postgresql": _by_ids(array=True)}
 _BY_IDS_DEFAULT = _by_ids(array=False)
 
@@ -63,6 +67,10 @@ class OutboxStore:
     def __init__(self, connection: Connection, buffer: WriteBuffer | None = None) -> None:
         self._connection = connection
         self._buffer = buffer
+        # Rows added while capturing (see capture), each with the buffer's flush count
+        # when it was added: unless the buffer went out since, the row is still held.
+        self._caused: list[dict[str, Any]] | None = None
+        self._held_at: dict[int, int] = {}
 
     def add(
         self,
@@ -83,8 +91,49 @@ class OutboxStore:
         }
         if self._buffer is not None and self._buffer.active:
             self._buffer.insert(_INSERT, row)
+            if self._caused is not None:
+                self._caused.append(row)
+                self._held_at[id(row)] = self._buffer.flushes
         else:
             _INSERT.execute(self._connection, row)
+
+    def capture(self) -> None:
+        """Keep, from now on, the events added while writes are deferred, for
+        ``take_caused``: the relay handles what its own handlers cause in the same
+        transaction."""
+        self._caused = []
+
+    def take_caused(self) -> list[dict[str, Any]]:
+        """The events added since the last call, in the order they were added."""
+        caused = self._caused or []
+        if self._caused is not None:
+            self._caused = []
+        return caused
+
+    def cases_waiting(self, case_ids: set[int], claimed_ids: set[int]) -> set[int]:
+        """Those of ``case_ids`` with a pending event outside ``claimed_ids`` (held back,
+        claimed by another worker, or added by another transaction): what their handlers
+        caused must queue behind it. Reads without flushing; an event of this batch
+        that has already been written counts too, which only errs on the side of
+        waiting."""
+        if not case_ids:
+            return set()
+        _, pending_of_cases = self._by_ids()
+        probe = pending_of_cases.execution_options(**{COMMITTED_READ: True})
+        rows = self._connection.execute(probe, {"ids": sorted(case_ids), "below": _NO_LIMIT})
+        return {int(case_id) for case_id, outbox_id in rows if outbox_id not in claimed_ids}
+
+    def publish_caused(self, rows: list[dict[str, Any]], at: datetime) -> None:
+        """Mark rows from ``take_caused`` published: those still held are written so;
+        those written meanwhile are updated by their idempotency key."""
+        written = []
+        for row in rows:
+            if self._buffer is not None and self._held_at.pop(id(row), -1) == self._buffer.flushes:
+                row.update(published_at=at, attempts=1)
+            else:
+                written.append(row["idempotency_key"])
+        if written:
+            self._connection.execute(_MARK_PUBLISHED_BY_KEY, {"keys": written, "at": at})
 
     def claim_pending(self, now: datetime, limit: int) -> list[dict[str, Any]]:
         """Lock a batch of due rows, oldest first; other workers skip them (PostgreSQL

@@ -56,9 +56,10 @@ class WriteBuffer:
         self.active = False
         # The batch's cases by id, as loaded or as last saved (the identity map).
         self.cases: dict[int, Case] = {}
-        # Case saves by case: (statement, row); the row's expected version is the one the
-        # database holds, however many saves the batch made since.
-        self._saves: dict[int, tuple[DriverStatement, dict[str, Any]]] = {}
+        # Case saves by case: (statement, expected version, the row's maker). The version
+        # is the one the database holds, however many saves the batch made since; the row
+        # is made at the flush, once, from the last save.
+        self._saves: dict[int, tuple[DriverStatement, int, Callable[[], dict[str, Any]]]] = {}
         self._inserts: dict[DriverStatement, list[Mapping[str, Any]]] = {}
         self._audit: list[AuditRecord] = []
         # Deferred timer replans: scope -> (case ids, keys kept), cancelled in one go.
@@ -68,6 +69,7 @@ class WriteBuffer:
         self._ids: dict[str, list[int]] = {}  # table -> ids reserved, last to use first
         self._flushing = False
         self._watching = False
+        self.flushes = 0  # how many times the buffer went out: a row added before is written
 
     # -- switching on --------------------------------------------------------------
     def start(self) -> None:
@@ -92,11 +94,17 @@ class WriteBuffer:
             self.cases.clear()  # written outside the buffer: load afresh next time
 
     # -- deferring ---------------------------------------------------------------------
-    def save_case(self, case_id: int, statement: DriverStatement, row: dict[str, Any]) -> None:
+    def save_case(
+        self,
+        case_id: int,
+        statement: DriverStatement,
+        expected_version: int,
+        row: Callable[[], dict[str, Any]],
+    ) -> None:
         earlier = self._saves.get(case_id)
         if earlier is not None:
-            row["expected_version"] = earlier[1]["expected_version"]
-        self._saves[case_id] = (statement, row)
+            expected_version = earlier[1]
+        self._saves[case_id] = (statement, expected_version, row)
 
     def insert(self, statement: DriverStatement, row: Mapping[str, Any]) -> None:
         self._inserts.setdefault(statement, []).append(row)
@@ -125,6 +133,7 @@ class WriteBuffer:
         if self._flushing or not self.pending:
             return
         self._flushing = True
+        self.flushes += 1
         try:
             self._flush_saves()
             replans, self._replans = self._replans, {}
@@ -149,7 +158,9 @@ class WriteBuffer:
     def _flush_saves(self) -> None:
         saves, self._saves = self._saves, {}
         by_statement: dict[DriverStatement, list[dict[str, Any]]] = {}
-        for statement, row in saves.values():
+        for statement, expected_version, make_row in saves.values():
+            row = make_row()
+            row["expected_version"] = expected_version
             by_statement.setdefault(statement, []).append(row)
         for statement, rows in by_statement.items():
             changed = statement.execute_many(self._connection, rows)
