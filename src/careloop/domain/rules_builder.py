@@ -8,6 +8,7 @@ stays in place.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -93,7 +94,13 @@ class RuleContext:
 
 def parse_offset(text: object) -> Offset | None:
     """'4 hours', '2 business_days', '30m', '2bd' -> Offset; None when not an offset."""
-    match = _OFFSET.match(str(text).strip())
+    return _parse_offset(str(text))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_offset(text: str) -> Offset | None:
+    # Cached: a task rule's due offset is read each time the rule runs.
+    match = _OFFSET.match(text.strip())
     if not match:
         return None
     unit = _SHORT_UNITS.get(match.group(2), match.group(2))

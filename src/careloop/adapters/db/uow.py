@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -28,14 +27,24 @@ from careloop.adapters.field_crypto import FieldCipher
 from careloop.services.ports import OptimisticAbort
 
 
-@contextmanager
-def _abort_on_error() -> Iterator[None]:
-    try:
-        yield
-    except OptimisticAbort:
-        raise
-    except Exception as error:
-        raise OptimisticAbort(repr(error)) from error
+class _AbortOnError:
+    """An optimistic unit's stand-in for a savepoint: any error aborts the whole batch.
+    One shared object, as the relay enters one per event and per rule."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, Exception) and not isinstance(exc, OptimisticAbort):
+            raise OptimisticAbort(repr(exc)) from exc
+
+
+_ABORT_ON_ERROR = _AbortOnError()
 
 
 class SqlUnitOfWork:
@@ -152,7 +161,7 @@ class SqlUnitOfWork:
     def savepoint(self) -> AbstractContextManager[Any]:
         """A nested transaction: rolled back alone when its block raises."""
         if self.optimistic:
-            return _abort_on_error()
+            return _ABORT_ON_ERROR
         return self._require_connection().begin_nested()
 
     def _require_connection(self) -> Connection:
