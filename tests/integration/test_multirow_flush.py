@@ -49,6 +49,43 @@ def test_deferred_outbox_rows_keep_their_order_and_values(app: App, clock: Manua
     assert (last["attempts"], last["published_at"], last["dead_at"]) == (0, None, None)
 
 
+def test_rows_written_by_copy_read_back_as_written(app: App, clock: ManualClock) -> None:
+    """Text COPY has its own escaping: tabs, newlines, backslashes, quotes, NULL-like
+    text, non-ASCII and JSON come back unchanged."""
+    case_id = new_case(app)
+    now = clock.now()
+    awkward = [
+        "tab\there",
+        "line\nbreak\r\n",
+        "back\\slash \\N",
+        "\\N",
+        "",
+        "'quoted' \"twice\"",
+        "naïve café ☕",
+        "50% {braces} [x]",
+        "comma, separated",
+    ]
+    with app.deps.uow() as work:
+        work.optimistic = True
+        for n, text in enumerate(awkward * 2):
+            payload = {"text": text, "n": n, "none": None, "list": [text, 1.5, True]}
+            work.outbox.add(case_id, text or "empty", payload, f"copy-{n}", now)
+        work.commit()
+    with app.deps.read_uow() as work:
+        rows = [
+            r for r in work.outbox.for_case(case_id) if r["idempotency_key"].startswith("copy-")
+        ]
+    assert [r["event_type"] for r in rows] == [t or "empty" for t in awkward * 2]
+    assert [r["payload"]["text"] for r in rows] == awkward * 2
+    assert rows[0]["payload"] == {
+        "text": awkward[0],
+        "n": 0,
+        "none": None,
+        "list": [awkward[0], 1.5, True],
+    }
+    assert all(r["created_at"] == now and r["last_error"] is None for r in rows)
+
+
 def test_a_timer_planned_twice_in_one_batch_is_stored_once(app: App, clock: ManualClock) -> None:
     case_id = new_case(app)
     now = clock.now()

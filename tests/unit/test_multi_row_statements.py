@@ -76,3 +76,35 @@ def test_literals_keep_their_parentheses_quotes_and_percent_signs() -> None:
 def test_an_insert_from_a_select_keeps_executemany() -> None:
     statement = insert(TABLE).from_select(["name"], select(bindparam("name", type_=String())))
     assert _multi(statement) is None
+
+
+def test_plain_values_go_as_a_copy() -> None:
+    statement = insert(TABLE).values(
+        name=bindparam("name", type_=String()), size=bindparam("size", type_=Integer())
+    )
+    multi = _multi(statement)
+    assert multi is not None
+    assert multi.copy_sql == "COPY things (name, size) FROM STDIN"
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        # A conflict clause or RETURNING needs the statement: COPY has neither.
+        pg_insert(TABLE)
+        .values(name=bindparam("name", type_=String()), size=bindparam("size"))
+        .on_conflict_do_nothing(),
+        insert(TABLE)
+        .values(name=bindparam("name", type_=String()), size=bindparam("size"))
+        .returning(TABLE.c.id),
+        # An expression among the values is computed by the statement.
+        insert(TABLE).values(
+            name=bindparam("name", type_=String()) + literal_column("'x'"),
+            size=bindparam("size"),
+        ),
+    ],
+    ids=["on-conflict", "returning", "expression"],
+)
+def test_anything_but_plain_values_keeps_statements(statement: Insert) -> None:
+    multi = _multi(statement)
+    assert multi is not None and multi.copy_sql is None
