@@ -17,10 +17,7 @@ outbox is relayed, on PostgreSQL, by P worker processes (default 2, one per core
 relay while the transitions are made; on SQLite (or with --relay-processes 0) by W relay
 threads (default 2) started after the transitions. Each relay has its own
 ``build_worker`` handlers (event log, Automation, integrations; batch size the worker's
-unless --relay-batch) and calls ``relay_once`` like the worker's relay loop; an idle
-process waits, as the worker's relay does on PostgreSQL, for the database to announce new
-events (LISTEN careloop_events, adapters/db/event_signal.py). A process's end is when its
-last batch that relayed something ended.
+unless --relay-batch) and calls ``relay_once`` like the worker's relay loop.
 The rule effects run in the relay: per rule its actions through the write path (case
 update + audit, or task + audit), its outbox events and its automation_runs row, written
 at the batch's end by the deferred-write buffer; the events the rules cause
@@ -235,13 +232,11 @@ def _relay_process(url: str, batch: int | None, idle: Any, index: int, ready: An
                    " AND available_at <= %s")
         ready.put(index)
         go.wait()
-        total, finished = 0, time.perf_counter()
+        total = 0
         while True:
             done = relay_once(worker.uow, worker.clock, worker.handlers, worker.relay_batch,
                               prepare=worker.prepare)
             total += done
-            if done:
-                finished = time.perf_counter()
             with idle.get_lock():
                 idle[index] = 0 if done else 1
                 everyone_idle = all(idle)
@@ -252,14 +247,8 @@ def _relay_process(url: str, batch: int | None, idle: Any, index: int, ready: An
                     if not connection.exec_driver_sql(pending,
                                                       (worker.clock.now(),)).scalar_one():
                         break
-            # As the worker's idle relay waits: for the database to announce new events
-            # (LISTEN; 0.05 s slices here, to notice the end of the run).
-            if worker.events is not None:
-                worker.events.wait(0.05)
-            else:
-                time.sleep(0.002)
-        # When its last batch of work ended (CLOCK_MONOTONIC: one clock per machine).
-        results.put(("ok", total, finished))
+            time.sleep(0.002)
+        results.put(("ok", total, time.perf_counter()))  # CLOCK_MONOTONIC: one per machine
         app.engine.dispose()
     except Exception as error:  # reported to the parent, which fails the run
         results.put(("error", repr(error), 0.0))

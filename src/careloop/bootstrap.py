@@ -21,7 +21,6 @@ from careloop.adapters.automation_definitions import (
 )
 from careloop.adapters.cel_conditions import compile_condition
 from careloop.adapters.db.engine import is_sqlite, make_engine
-from careloop.adapters.db.event_signal import EventSignal
 from careloop.adapters.db.migrate import require_migrated, upgrade
 from careloop.adapters.db.uow import SqlUnitOfWork, register_sqlite_write_lock
 from careloop.adapters.definitions import checksum, load_workflow_text, shipped_definitions
@@ -201,7 +200,6 @@ def build_worker(
         # no lock for longer. SQLite's one writer lock is held from the batch's first
         # statement: short batches there, so intake never waits long behind the relay.
         relay_batch=20 if app.engine.dialect.name == "sqlite" else 100,
-        events=EventSignal(app.engine) if app.engine.dialect.name == "postgresql" else None,
     )
 
 

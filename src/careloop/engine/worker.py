@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from careloop.engine.outbox import Handler, Preparer, relay_once
 from careloop.engine.pacing import Foreground
@@ -23,13 +23,6 @@ from careloop.services.ports import Clock, UnitOfWork, UnitOfWorkFactory
 
 log = logging.getLogger("careloop.worker")
 IntegrationPort = Callable[[str, Mapping[str, Any]], None]
-
-
-class EventWaiter(Protocol):
-    """Announcements of new outbox events (adapters/db/event_signal.py on PostgreSQL)."""
-
-    def wait(self, timeout: float) -> bool: ...
-    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -94,8 +87,6 @@ class Worker:
     # loop then gives way to requests in flight, for at most max_yield_seconds.
     foreground: Foreground | None = None
     max_yield_seconds: float = 1.0
-    # Where the database announces new events, the idle relay waits for that.
-    events: EventWaiter | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     # Per loop: set to cut its idle sleep short (new work for it, or stop()).
     _wake: dict[str, threading.Event] = field(default_factory=dict)
@@ -137,25 +128,10 @@ class Worker:
                 done = 0
             if done:
                 self._wake_next(name)
-            elif name == "relay" and self.events is not None:
-                self._await_events(self.events, wake)
             elif wake is None:
                 self._stop.wait(self._idle_wait(name))
             else:
                 wake.wait(self._idle_wait(name))
-        if name == "relay" and self.events is not None:
-            self.events.close()  # its connection belongs to this loop's thread
-
-    def _await_events(self, events: EventWaiter, wake: threading.Event | None) -> None:
-        """The idle relay: until an event is announced, this worker's own loops hand it
-        work, stop() is called or the poll interval has passed (the backstop for what is
-        not announced: retries coming due, replayed dead letters)."""
-        deadline = time.monotonic() + self.poll_seconds
-        while not self._stop.is_set() and not (wake is not None and wake.is_set()):
-            left = deadline - time.monotonic()
-            # In slices, so wake-ups and stop() are seen within a quarter second.
-            if left <= 0 or events.wait(min(left, 0.25)):
-                return
 
     # What a loop's work hands on, in this worker: fired timers are events to relay,
     # relayed events may be webhooks to deliver. Woken, the next loop does not sleep out
