@@ -17,7 +17,8 @@ outbox is relayed, on PostgreSQL, by P worker processes (default 2, one per core
 relay while the transitions are made; on SQLite (or with --relay-processes 0) by W relay
 threads (default 2) started after the transitions. Each relay has its own
 ``build_worker`` handlers (event log, Automation, integrations; batch size the worker's
-unless --relay-batch) and calls ``relay_once`` like the worker's relay loop.
+unless --relay-batch) and calls ``relay_once`` like the worker's relay loop, polling
+every 2 ms when idle. A process's end is when its last batch that relayed something ended.
 The rule effects run in the relay: per rule its actions through the write path (case
 update + audit, or task + audit), its outbox events and its automation_runs row, written
 at the batch's end by the deferred-write buffer; the events the rules cause
@@ -232,11 +233,13 @@ def _relay_process(url: str, batch: int | None, idle: Any, index: int, ready: An
                    " AND available_at <= %s")
         ready.put(index)
         go.wait()
-        total = 0
+        total, finished = 0, time.perf_counter()
         while True:
             done = relay_once(worker.uow, worker.clock, worker.handlers, worker.relay_batch,
                               prepare=worker.prepare)
             total += done
+            if done:
+                finished = time.perf_counter()
             with idle.get_lock():
                 idle[index] = 0 if done else 1
                 everyone_idle = all(idle)
@@ -248,7 +251,9 @@ def _relay_process(url: str, batch: int | None, idle: Any, index: int, ready: An
                                                       (worker.clock.now(),)).scalar_one():
                         break
             time.sleep(0.002)
-        results.put(("ok", total, time.perf_counter()))  # CLOCK_MONOTONIC: one per machine
+        # When its last batch that relayed something ended, not its last idle poll
+        # (CLOCK_MONOTONIC: one clock per machine).
+        results.put(("ok", total, finished))
         app.engine.dispose()
     except Exception as error:  # reported to the parent, which fails the run
         results.put(("error", repr(error), 0.0))
