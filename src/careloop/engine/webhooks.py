@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from careloop.domain.conditions import Condition, ConditionCompiler, ConditionError
 from careloop.domain.referral import FIELDS
-from careloop.domain.webhook_policy import Attempt, Outcome, decide
+from careloop.domain.webhook_policy import Attempt, Decision, Outcome, decide
 from careloop.services.ports import Clock, UnitOfWork, UnitOfWorkFactory
 
 log = logging.getLogger("careloop.webhooks")
@@ -184,25 +184,22 @@ def deliver_once(
         body = delivery["body"].encode()
         headers = sign(list(delivery["secrets"]), delivery["message_id"], sent_at, body)
         attempt = sender.send(delivery["url"], body, headers)
-        outcomes.append((delivery, sent_at, attempt))
-        number = int(delivery["attempts"]) + 1
-        if decide(number, attempt, sent_at).outcome is Outcome.DISABLE_ENDPOINT:
+        decision = decide(int(delivery["attempts"]) + 1, attempt, sent_at)
+        outcomes.append((delivery, sent_at, attempt, decision))
+        if decision.outcome is Outcome.DISABLE_ENDPOINT:
             gone.add(delivery["subscription_id"])
     with uow() as work:
-        work.webhooks.record_attempts(
-            [_judge(work, delivery, sent_at, attempt) for delivery, sent_at, attempt in outcomes]
-        )
+        work.webhooks.record_attempts([_judge(work, *outcome) for outcome in outcomes])
         work.commit()
     return len(leased)
 
 
 def _judge(
-    work: UnitOfWork, delivery: dict[str, Any], at: datetime, attempt: Attempt
+    work: UnitOfWork, delivery: dict[str, Any], at: datetime, attempt: Attempt, decision: Decision
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The attempt's row and the delivery's new values; disables the subscription when
     the receiver says it is gone."""
     number = int(delivery["attempts"]) + 1
-    decision = decide(number, attempt, at)
     outcome: dict[str, Any] = {
         "id": delivery["id"],
         "attempts": number,

@@ -4,7 +4,7 @@ An optimistic batch undoes nothing piecemeal: any failure rolls the whole transa
 back and the batch runs again with savepoints (careloop.engine.outbox). So the rows its
 events and rules write need not reach the database one statement each. They wait here
 and go out per statement in one driver call (on PostgreSQL one round trip, INSERTs as
-multi-row statements: see multi_row), when the transaction commits or just before a
+a COPY or multi-row statements: see multi_row), when the transaction commits or just before a
 statement that may read a table they belong to. The relay sent about forty statements
 per referral before; a batch now sends a handful per table.
 
