@@ -12,9 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 GENESIS_HASH = "0" * 64
 
@@ -45,24 +47,72 @@ class AuditEntry:
     hash: str
 
 
-_RECORD_FIELDS = tuple(f.name for f in fields(AuditRecord))
-
-
 def record_fields(record: AuditRecord) -> dict[str, Any]:
-    """The record's fields by name: what is hashed, stored and read back."""
-    return {name: getattr(record, name) for name in _RECORD_FIELDS}
+    """The record's fields by name: what is hashed, stored and read back (its instance
+    dict holds exactly them, in definition order)."""
+    return dict(vars(record))
+
+
+_last_iso: tuple[object, str] = (object(), "")
+
+
+def _iso(moment: datetime) -> str:
+    """``moment`` as hashed. A batch stamps one moment on all its records, so the last
+    conversion is kept (one tuple, read and replaced whole: safe across threads)."""
+    global _last_iso
+    seen, text = _last_iso
+    if moment is not seen:
+        text = moment.isoformat(timespec="microseconds")
+        _last_iso = (moment, text)
+    return text
 
 
 def canonical_encoding(chain: int, seq: int, record: AuditRecord) -> bytes:
+    """Sorted keys, no spaces, UTF-8: json.dumps(..., default=str) is the definition.
+
+    Stored hashes depend on these bytes, so they never change. orjson gives the very
+    same bytes for plain JSON (strings, whole numbers, booleans, null, lists and
+    dicts with string keys), every character and key order included, at a fraction of
+    the cost; anything else (a float, whose digits the two write differently, a date,
+    an enum) or what orjson refuses (a whole number past 64 bits) goes to json.dumps."""
     body = {
         **record_fields(record),
         "chain": chain,
         "seq": seq,
-        "occurred_at": record.occurred_at.isoformat(timespec="microseconds"),
+        "occurred_at": _iso(record.occurred_at),
     }
+    if _is_plain(body):
+        try:
+            return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+        except TypeError:
+            pass  # a number too large for orjson: json.dumps writes it
     return json.dumps(
         body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
     ).encode()
+
+
+_SCALARS = frozenset({str, int, bool, type(None)})
+_SEQUENCES = frozenset({list, tuple})
+
+
+def _is_plain(value: object) -> bool:
+    """Whether ``value`` is JSON that orjson and json.dumps write alike. Exact types
+    only: a subclass (an enum, say) may encode differently in one of them. Loops, not
+    all(...): this runs for every audit entry, and the generators cost twice as much."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    if isinstance(value, dict) and kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or (type(item) not in _SCALARS and not _is_plain(item)):
+                return False
+        return True
+    if isinstance(value, list | tuple) and kind in _SEQUENCES:
+        for item in value:  # noqa: SIM110 - see above
+            if type(item) not in _SCALARS and not _is_plain(item):
+                return False
+        return True
+    return False
 
 
 def compute_hash(prev_hash: str, chain: int, seq: int, record: AuditRecord) -> str:

@@ -5,24 +5,53 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    String,
+    Update,
+    all_,
+    any_,
+    bindparam,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from careloop.adapters.db.automation_tables import scheduled_jobs, timers
 from careloop.adapters.db.insert_new import insert_new, insert_new_statement
 from careloop.adapters.db.write_buffer import WriteBuffer
 
-# Built once (with expanding lists): the relay cancels timers on every state change.
-_CANCEL = (
-    update(timers)
-    .where(
-        timers.c.case_id.in_(bindparam("case_ids", expanding=True)),
-        timers.c.status == "pending",
-        timers.c.kind.in_(bindparam("kinds", expanding=True)),
-        timers.c.key.not_in(bindparam("keep", expanding=True)),
+
+def _cancel_statements(array: bool) -> tuple[Update, Update]:
+    """(cancel, cancel of named timers), built once: the relay cancels timers on every
+    state change, a batch's cases and kept keys in one statement.
+
+    On PostgreSQL each list is one array parameter: one statement text whatever the
+    batch, which psycopg parses and the server plans once, where a batch's hundreds of
+    kept keys in a NOT IN list made a new text every time. SQLite has no arrays:
+    expanding lists."""
+    if array:
+        case_ids = timers.c.case_id == any_(bindparam("case_ids", type_=ARRAY(BigInteger)))
+        kinds = timers.c.kind == any_(bindparam("kinds", type_=ARRAY(String)))
+        keep = timers.c.key != all_(bindparam("keep", type_=ARRAY(String)))
+        names = timers.c.name == any_(bindparam("names", type_=ARRAY(String)))
+    else:
+        case_ids = timers.c.case_id.in_(bindparam("case_ids", expanding=True))
+        kinds = timers.c.kind.in_(bindparam("kinds", expanding=True))
+        keep = timers.c.key.not_in(bindparam("keep", expanding=True))
+        names = timers.c.name.in_(bindparam("names", expanding=True))
+    cancel = (
+        update(timers)
+        .where(case_ids, timers.c.status == "pending", kinds, keep)
+        .values(status="cancelled", fired_at=bindparam("at"))
     )
-    .values(status="cancelled", fired_at=bindparam("at"))
-)
-_CANCEL_NAMED = _CANCEL.where(timers.c.name.in_(bindparam("names", expanding=True)))
+    return cancel, cancel.where(names)
+
+
+_CANCEL = {"postgresql": _cancel_statements(array=True)}
+_CANCEL_DEFAULT = _cancel_statements(array=False)
 
 
 class TimerStore:
@@ -100,11 +129,12 @@ class TimerStore:
     ) -> int:
         """Cancel pending timers of ``kinds`` (and ``names``) of these cases but the
         ``keep`` keys; returns how many."""
+        cancel, cancel_named = _CANCEL.get(self._connection.dialect.name, _CANCEL_DEFAULT)
         params = {"case_ids": case_ids, "kinds": list(kinds), "keep": keep, "at": at}
         if names is None:
-            result = self._connection.execute(_CANCEL, params)
+            result = self._connection.execute(cancel, params)
         else:
-            result = self._connection.execute(_CANCEL_NAMED, {**params, "names": list(names)})
+            result = self._connection.execute(cancel_named, {**params, "names": list(names)})
         return int(result.rowcount or 0)
 
     def claim_due(self, now: datetime, limit: int) -> list[dict[str, Any]]:
