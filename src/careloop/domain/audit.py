@@ -68,7 +68,8 @@ def _iso(moment: datetime) -> str:
 
 
 def canonical_encoding(chain: int, seq: int, record: AuditRecord) -> bytes:
-    """Sorted keys, no spaces, UTF-8: json.dumps(..., default=str) is the definition.
+    """Sorted keys, no spaces, UTF-8: json.dumps(body, sort_keys=True,
+    separators=(",", ":"), ensure_ascii=False, default=str).encode() is the definition.
 
     Stored hashes depend on these bytes, so they never change. orjson gives the very
     same bytes for plain JSON (strings, whole numbers, booleans, null, lists and
@@ -86,9 +87,13 @@ def canonical_encoding(chain: int, seq: int, record: AuditRecord) -> bytes:
             return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
         except TypeError:
             pass  # a number too large for orjson: json.dumps writes it
-    return json.dumps(
-        body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
-    ).encode()
+    return _CANONICAL_ENCODER.encode(body).encode()
+
+
+# json.dumps(body, sort_keys=True, ...), without building an encoder per call.
+_CANONICAL_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+)
 
 
 _SCALARS = frozenset({str, int, bool, type(None)})

@@ -4,7 +4,7 @@ the event that caused it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -175,8 +175,7 @@ def _create_task(context: ActionContext, params: Mapping[str, Any], key: str) ->
         assert offset is not None, "the builder checked the offset"
         due_at = offset_from(context.config, context.case, context.now, offset)
     template = str(params["title"])
-    # Most titles are plain text: no need to flatten the whole case for them.
-    title = render(template, flatten(context.case)) if "{{" in template else template
+    title = render(template, TemplateValues(context.case)) if "{{" in template else template
     values = task_values(title, context.actor, context.now, params.get("assignee"), due_at)
     task_id = record_task(context.work, context.actor, context.case, values, context.now)
     return {"task_id": task_id, "due_at": due_at.isoformat() if due_at else None}
@@ -221,7 +220,7 @@ def _escalate(context: ActionContext, params: Mapping[str, Any], key: str) -> Re
 
 def _notify(context: ActionContext, params: Mapping[str, Any], key: str) -> Result:
     template = context.ruleset.templates[str(params["template"])]
-    values = flatten(context.case)
+    values = TemplateValues(context.case)
     channel = str(params["channel"])
     recipient = resolve_recipient(context, str(params["to"]), channel)
     subject, body = render(template.subject, values), render(template.body, values)
@@ -336,6 +335,37 @@ def offset_from(
     if offset.unit == "business_hours":
         return add_business_time(calendar, start, direction * offset.amount * 3600.0)
     return start + direction * offset.as_timedelta()
+
+
+class TemplateValues(Mapping[str, object]):
+    """``flatten(case)`` for a template, looked up path by path: a title names one or two
+    values, where flattening walks the whole case. The same answers while no key of
+    the data has a dot in it (schema fields never do)."""
+
+    def __init__(self, case: Case) -> None:
+        self._case = case
+
+    def get(self, path: str, default: object = None) -> object:
+        data = self._case.data
+        if "." in path:
+            value = lookup(data, path)
+        elif path in data and not isinstance(data[path], dict):
+            value = data[path]
+        else:
+            value = {"state": self._case.state, "assignee": self._case.assignee}.get(path)
+            value = self._case.id if path == "id" else value
+        if isinstance(value, dict):
+            return default  # flatten holds leaves only
+        return default if value is None else value
+
+    def __getitem__(self, path: str) -> object:
+        return flatten(self._case)[path]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(flatten(self._case))
+
+    def __len__(self) -> int:
+        return len(flatten(self._case))
 
 
 def flatten(case: Case) -> dict[str, object]:

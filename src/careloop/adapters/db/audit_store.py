@@ -275,9 +275,13 @@ def _row(entry: AuditEntry) -> dict[str, Any]:
     }
 
 
+# json.dumps(detail, sort_keys=True, default=str), without building an encoder per call.
+_DETAIL_ENCODER = json.JSONEncoder(sort_keys=True, default=str)
+
+
 def _detail_text(detail: Mapping[str, Any]) -> str:
     # Most entries (every intake) carry no detail.
-    return json.dumps(detail, sort_keys=True, default=str) if detail else "{}"
+    return _DETAIL_ENCODER.encode(detail) if detail else "{}"
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
