@@ -92,3 +92,12 @@ def test_some_changes_are_refused_with_the_field_named() -> None:
 def test_referral_checks_stay_per_field() -> None:
     # merge_changes relies on it: a check spanning fields would need the whole referral.
     assert not ReferralIn.__pydantic_decorators__.model_validators
+
+
+@pytest.mark.parametrize("data", CHANGES, ids=lambda d: ",".join(d))
+def test_a_change_made_again_merges_as_the_first_time(data: dict[str, Any]) -> None:
+    # Plain values are validated once per (field, value) and remembered: the second
+    # time (and a refusal every time) must be what the whole referral would give.
+    expected = _outcome(lambda d: _whole(CURRENT, d), data)
+    for _ in range(3):
+        assert _outcome(lambda d: merge_changes(CURRENT, validate_changes(d)), data) == expected

@@ -193,17 +193,37 @@ def merge_changes(current: dict[str, Any], changes: ReferralChanges) -> dict[str
         if isinstance(value, dict) and isinstance(merged.get(name), dict):
             value = {**merged[name], **value}
         touched[name] = value
-    try:
-        model = _referral_part(frozenset(touched)).model_validate(touched)
-    except ValidationError as error:
-        raise InvalidInput(problems_from(error)) from error
-    valid = model.model_dump(mode="json", exclude_none=True)
+    if len(touched) == 1 and type(next(iter(touched.values()))) in _SCALARS:
+        ((name, value),) = touched.items()
+        valid = _validate_scalar(name, value)
+    else:
+        valid = _validate_part(touched)
     for name in touched:
         if name in valid:
             merged[name] = valid[name]
         else:
             merged.pop(name, None)
     return merged
+
+
+_SCALARS = frozenset({str, int, bool, type(None)})
+
+
+def _validate_part(touched: dict[str, Any]) -> dict[str, Any]:
+    try:
+        model = _referral_part(frozenset(touched)).model_validate(touched)
+    except ValidationError as error:
+        raise InvalidInput(problems_from(error)) from error
+    return model.model_dump(mode="json", exclude_none=True)
+
+
+@functools.lru_cache(maxsize=1024, typed=True)
+def _validate_scalar(name: str, value: str | int | bool | None) -> dict[str, Any]:
+    """One top-level field set to a plain value, validated once per (field, value): a
+    rule sets the same queue on every case it meets. What a plain field's checks give
+    depends on its value alone (the one check that reads the clock, the birth date, is
+    inside the patient object, never a plain value). Callers only read the result."""
+    return _validate_part({name: value})
 
 
 @functools.lru_cache(maxsize=256)
