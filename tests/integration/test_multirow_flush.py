@@ -86,6 +86,42 @@ def test_rows_written_by_copy_read_back_as_written(app: App, clock: ManualClock)
     assert all(r["created_at"] == now and r["last_error"] is None for r in rows)
 
 
+def test_json_by_copy_is_stored_as_by_a_statement(pg_app: App, clock: ManualClock) -> None:
+    """A COPY (PostgreSQL's) sends a JSON column's serialized text; a statement sends
+    the value for the driver to serialize. Both must store the same JSON, a JSON null
+    included."""
+    app = pg_app
+    case_id = new_case(app)
+    now = clock.now()
+    payloads: list[Any] = [
+        {"nested": {"a": [1, None, "x\ty"]}, "é": "ü ☕", "n": 2**40, "f": 0.1},
+        None,
+        [],
+        "a JSON string",
+        {"quote": '"', "newline": "\n", "backslash": "\\"},
+    ]
+    with app.deps.uow() as work:
+        work.optimistic = True
+        for n, payload in enumerate(payloads * 2):  # 10 rows: a COPY
+            work.outbox.add(case_id, "by-copy", payload, f"json-copy-{n}", now)
+        work.commit()
+    for n, payload in enumerate(payloads):  # one row each: a statement
+        with app.deps.uow() as work:
+            work.optimistic = True
+            work.outbox.add(case_id, "by-statement", payload, f"json-one-{n}", now)
+            work.commit()
+    with app.engine.connect() as connection:
+        stored = dict(
+            connection.exec_driver_sql(
+                "SELECT idempotency_key, payload::text FROM outbox WHERE case_id = %(c)s",
+                {"c": case_id},
+            ).all()
+        )
+    for n in range(len(payloads)):
+        assert stored[f"json-copy-{n}"] == stored[f"json-one-{n}"], payloads[n]
+    assert stored["json-copy-1"] == "null"  # JSON null, not SQL NULL: the column is NOT NULL
+
+
 def test_a_timer_planned_twice_in_one_batch_is_stored_once(app: App, clock: ManualClock) -> None:
     case_id = new_case(app)
     now = clock.now()

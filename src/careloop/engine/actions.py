@@ -87,8 +87,19 @@ def _set_field(context: ActionContext, params: Mapping[str, Any], key: str) -> R
 
 
 def _changes_at(path: str, value: object) -> ReferralChanges:
+    if type(value) in _PLAIN:
+        return _plain_changes_at(path, value)
+    return _validated_changes_at(path, value)
+
+
+def _validated_changes_at(path: str, value: object) -> ReferralChanges:
     head, _, rest = path.partition(".")
     return validate_changes({head: {rest: value}} if rest else {head: value})
+
+
+# A rule's constant plain value, validated once (callers only read the changes).
+_PLAIN = frozenset({str, int, bool, type(None)})
+_plain_changes_at = functools.lru_cache(maxsize=1024, typed=True)(_validated_changes_at)
 
 
 def _assign(context: ActionContext, params: Mapping[str, Any], key: str) -> Result:

@@ -9,6 +9,7 @@ INSERT go to PostgreSQL as multi-row statements (see multi_row).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from operator import itemgetter
@@ -19,8 +20,9 @@ from sqlalchemy import Connection, Insert, Table, bindparam, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import Null
 from sqlalchemy.sql.schema import ColumnDefault
-from sqlalchemy.types import TypeDecorator, TypeEngine
+from sqlalchemy.types import JSON, TypeDecorator, TypeEngine
 
 from careloop.adapters.db.multi_row import MultiRowInsert
 
@@ -32,6 +34,7 @@ class _Plan(NamedTuple):
     positional: bool  # qmark/format (SQLite) or named (psycopg's pyformat)
     names: tuple[str, ...]  # parameter order
     processors: tuple[tuple[int, Processor], ...]  # (index, bind processor), only typed ones
+    copy_processors: tuple[tuple[int, Processor], ...]  # the same, for a COPY's text rows
     rows: MultiRowInsert | None  # an INSERT's multi-row form, on psycopg only
     defaults: dict[str, Any]  # per name, its value where the caller leaves it out
     pick: Callable[[Mapping[str, Any]], tuple[Any, ...]]  # the values in parameter order
@@ -60,7 +63,9 @@ class DriverStatement:
         plan = self._plan(connection)
         driver = connection.connection.driver_connection
         if plan.rows is not None and isinstance(driver, psycopg.Connection):
-            return plan.rows.run(driver, [_values(plan, params) for params in rows])
+            copying = plan.rows.copies(len(rows))
+            processors = plan.copy_processors if copying else plan.processors
+            return plan.rows.run(driver, [_values(plan, params, processors) for params in rows])
         cursor = connection.connection.cursor()
         # One plan binds every row alike: all positional or all by name. psycopg
         # pipelines an executemany, and its rowcount sums the rows', as sqlite3's does.
@@ -75,7 +80,7 @@ class DriverStatement:
         result = self._statement.compile(dialect=dialect)
         assert isinstance(result, SQLCompiler)
         names = tuple(result.positiontup or ()) if result.positional else tuple(result.binds)
-        processors = []
+        processors, copy_processors = [], []
         for index, name in enumerate(names):
             bind_type = result.binds[name].type
             # dialect_impl: the type as this dialect stores it (SQLite's DATETIME text
@@ -87,6 +92,7 @@ class DriverStatement:
             )
             if process is not None:
                 processors.append((index, process))
+                copy_processors.append((index, _as_copy_text(bind_type, dialect) or process))
         # A bind built with a value (a literal) keeps it unless the caller passes one.
         defaults = {name: self._defaults.get(name, result.binds[name].value) for name in names}
         plan = _Plan(
@@ -94,6 +100,7 @@ class DriverStatement:
             bool(result.positional),
             names,
             tuple(processors),
+            tuple(copy_processors),
             self._multi_row(dialect, names),
             defaults,
             _picker(names),
@@ -119,14 +126,39 @@ def _bound(plan: _Plan, params: Mapping[str, Any]) -> list[Any] | dict[str, Any]
     return values if plan.positional else dict(zip(plan.names, values, strict=True))
 
 
-def _values(plan: _Plan, params: Mapping[str, Any]) -> list[Any]:
-    """``params`` in the plan's order, each value through its column type's bind processor."""
+def _values(
+    plan: _Plan, params: Mapping[str, Any], processors: tuple[tuple[int, Processor], ...] = ()
+) -> list[Any]:
+    """``params`` in the plan's order, each value through its column type's bind processor
+    (``processors``: the plan's own unless given)."""
     # Two C calls (merge, itemgetter) where a loop of dict.get cost twice as much: every
     # row the relay writes comes through here.
     values = list(plan.pick({**plan.defaults, **params}))
-    for index, process in plan.processors:
+    for index, process in processors or plan.processors:
         values[index] = process(values[index])
     return values
+
+
+def _as_copy_text(type_: TypeEngine[Any], dialect: Dialect) -> Processor | None:
+    """For a JSON column, what its bind processor gives as the text a COPY sends: the
+    serializer's JSON text itself, where the processor wraps the value for psycopg to
+    serialize with that same serializer (a Python-level dumper per value, the costliest
+    part of a relay row). None for any other type: its own processor serves."""
+    impl = type_.dialect_impl(dialect)
+    if not isinstance(impl, JSON):
+        return None
+    serialize: Callable[[Any], str] = getattr(dialect, "_json_serializer", None) or json.dumps
+    null, none_as_null = impl.NULL, impl.none_as_null
+
+    def process(value: Any) -> str | None:
+        # As JSON's bind processor decides what is SQL NULL and what JSON null.
+        if value is null:
+            value = None
+        elif isinstance(value, Null) or (value is None and none_as_null):
+            return None
+        return serialize(value)
+
+    return process
 
 
 def _picker(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:

@@ -79,7 +79,7 @@ class MultiRowInsert:
         """Insert ``rows`` (each a row's bound values) in one round trip: a COPY, or
         statements in one pipeline. Returns the rows inserted (fewer than given when ON
         CONFLICT DO NOTHING skips)."""
-        if self.copy_sql is not None and len(rows) >= COPY_FROM_ROWS:
+        if self.copies(len(rows)):
             return self._copy(connection, rows)
         cursors = []
         start = 0
@@ -91,6 +91,10 @@ class MultiRowInsert:
                 cursors.append(cursor)  # one cursor each: a cursor counts its last statement
                 start += size
         return sum(cursor.rowcount for cursor in cursors)
+
+    def copies(self, count: int) -> bool:
+        """Whether ``run`` sends ``count`` rows as a COPY (their values as text)."""
+        return self.copy_sql is not None and count >= COPY_FROM_ROWS
 
     def _copy(self, connection: psycopg.Connection[Any], rows: Sequence[Sequence[Any]]) -> int:
         assert self.copy_sql is not None
