@@ -142,8 +142,8 @@ def _values(
 def _as_copy_text(type_: TypeEngine[Any], dialect: Dialect) -> Processor | None:
     """For a JSON column, what its bind processor gives as the text a COPY sends: the
     serializer's JSON text itself, where the processor wraps the value for psycopg to
-    serialize with that same serializer (a Python-level dumper per value, the costliest
-    part of a relay row). None for any other type: its own processor serves."""
+    serialize with that same serializer through a Python-level dumper per value. None
+    for any other type: its own processor serves."""
     impl = type_.dialect_impl(dialect)
     if not isinstance(impl, JSON):
         return None
