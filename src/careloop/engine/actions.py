@@ -26,7 +26,7 @@ from careloop.services.cases import apply_assignment, apply_transition, apply_up
 from careloop.services.deps import Deps
 from careloop.services.ports import UnitOfWork
 from careloop.services.recording import notification_values, store_notification
-from careloop.services.referral_input import ReferralChanges, validate_changes
+from careloop.services.referral_input import PLAIN_TYPES, ReferralChanges, validate_changes
 
 Result = dict[str, Any]
 ALL_ROLES = frozenset(ROLE_NAMES)
@@ -87,7 +87,7 @@ def _set_field(context: ActionContext, params: Mapping[str, Any], key: str) -> R
 
 
 def _changes_at(path: str, value: object) -> ReferralChanges:
-    if type(value) in _PLAIN:
+    if type(value) in PLAIN_TYPES:
         return _plain_changes_at(path, value)
     return _validated_changes_at(path, value)
 
@@ -98,7 +98,6 @@ def _validated_changes_at(path: str, value: object) -> ReferralChanges:
 
 
 # A rule's constant plain value, validated once (callers only read the changes).
-_PLAIN = frozenset({str, int, bool, type(None)})
 _plain_changes_at = functools.lru_cache(maxsize=1024, typed=True)(_validated_changes_at)
 
 

@@ -193,7 +193,7 @@ def merge_changes(current: dict[str, Any], changes: ReferralChanges) -> dict[str
         if isinstance(value, dict) and isinstance(merged.get(name), dict):
             value = {**merged[name], **value}
         touched[name] = value
-    if len(touched) == 1 and type(next(iter(touched.values()))) in _SCALARS:
+    if len(touched) == 1 and type(next(iter(touched.values()))) in PLAIN_TYPES:
         ((name, value),) = touched.items()
         valid = _validate_scalar(name, value)
     else:
@@ -206,7 +206,8 @@ def merge_changes(current: dict[str, Any], changes: ReferralChanges) -> dict[str
     return merged
 
 
-_SCALARS = frozenset({str, int, bool, type(None)})
+# Plain values: what a validated change may be remembered by (see _validate_scalar).
+PLAIN_TYPES = frozenset({str, int, bool, type(None)})
 
 
 def _validate_part(touched: dict[str, Any]) -> dict[str, Any]:

@@ -122,19 +122,19 @@ class DriverStatement:
 
 def _bound(plan: _Plan, params: Mapping[str, Any]) -> list[Any] | dict[str, Any]:
     """``params`` as the driver takes them: in the plan's order, or by name."""
-    values = _values(plan, params)
+    values = _values(plan, params, plan.processors)
     return values if plan.positional else dict(zip(plan.names, values, strict=True))
 
 
 def _values(
-    plan: _Plan, params: Mapping[str, Any], processors: tuple[tuple[int, Processor], ...] = ()
+    plan: _Plan, params: Mapping[str, Any], processors: tuple[tuple[int, Processor], ...]
 ) -> list[Any]:
     """``params`` in the plan's order, each value through its column type's bind processor
-    (``processors``: the plan's own unless given)."""
+    (``processors``: the plan's own, or its COPY ones)."""
     # Two C calls (merge, itemgetter) where a loop of dict.get cost twice as much: every
     # row the relay writes comes through here.
     values = list(plan.pick({**plan.defaults, **params}))
-    for index, process in processors or plan.processors:
+    for index, process in processors:
         values[index] = process(values[index])
     return values
 
