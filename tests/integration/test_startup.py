@@ -5,9 +5,10 @@ from typer.testing import CliRunner
 
 from careloop.adapters.db.engine import make_engine
 from careloop.adapters.db.migrate import DatabaseNotMigrated, current_revision, head_revision
-from careloop.bootstrap import build
+from careloop.bootstrap import App, build, build_worker
 from careloop.cli import cli
 from careloop.config import Settings
+from careloop.domain.errors import DefinitionInvalid
 
 
 def test_unmigrated_database_is_refused_with_the_command_to_run(database_url: str) -> None:
@@ -56,3 +57,19 @@ def test_user_and_token_commands(sqlite_url: str, monkeypatch: pytest.MonkeyPatc
     assert bad.exit_code == 2 and "unknown roles ['wizard']" in bad.output
     token = runner.invoke(cli, ["token", "create", "nina.nurse"])
     assert token.exit_code == 0 and token.output.startswith("clp_")
+
+
+def test_a_worker_compiles_the_active_rules_when_it_starts(sqlite_app: App) -> None:
+    """Not on its first batch: an active rule set that no longer compiles (edited in the
+    database behind careloop's back) stops the worker at start, naming the rule set."""
+    with sqlite_app.engine.begin() as connection:
+        changed = connection.exec_driver_sql(
+            "UPDATE automation_definitions SET source_text = source_text || ?"
+            " WHERE kind = 'rules' AND active",
+            ("\n  - key: broken\n    trigger: {on: created}\n    when: 'case.nope == 1'"
+             "\n    actions: [{set_field: {field: queue, value: x}}]\n",),
+        ).rowcount
+    assert changed >= 1
+    sqlite_app.automation.invalidate()
+    with pytest.raises(DefinitionInvalid, match="nope"):
+        build_worker(sqlite_app)
