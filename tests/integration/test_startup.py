@@ -66,8 +66,10 @@ def test_a_worker_compiles_the_active_rules_when_it_starts(sqlite_app: App) -> N
         changed = connection.exec_driver_sql(
             "UPDATE automation_definitions SET source_text = source_text || ?"
             " WHERE kind = 'rules' AND active",
-            ("\n  - key: broken\n    trigger: {on: created}\n    when: 'case.nope == 1'"
-             "\n    actions: [{set_field: {field: queue, value: x}}]\n",),
+            (
+                "\n  - key: broken\n    trigger: {on: created}\n    when: 'case.nope == 1'"
+                "\n    actions: [{set_field: {field: queue, value: x}}]\n",
+            ),
         ).rowcount
     assert changed >= 1
     sqlite_app.automation.invalidate()
