@@ -2,7 +2,7 @@
 SQLite keeps executemany. Either way the rows, their order and their conflicts come out
 as one statement per row would leave them."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -120,6 +120,45 @@ def test_json_by_copy_is_stored_as_by_a_statement(pg_app: App, clock: ManualCloc
     for n in range(len(payloads)):
         assert stored[f"json-copy-{n}"] == stored[f"json-one-{n}"], payloads[n]
     assert stored["json-copy-1"] == "null"  # JSON null, not SQL NULL: the column is NOT NULL
+
+
+def test_datetimes_by_copy_are_stored_as_by_a_statement(pg_app: App, clock: ManualClock) -> None:
+    """A COPY sends a datetime as text; a statement lets the driver dump it. Both store
+    the same instant, whatever the zone it came in and down to the microsecond."""
+    app = pg_app
+    case_id = new_case(app)
+    now = clock.now()
+    india, samoa = timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-11))
+    moments = [
+        now,
+        now + timedelta(microseconds=1),
+        (now + timedelta(microseconds=999_999)).astimezone(india),
+        datetime(1999, 12, 31, 23, 59, 59, 500_000, tzinfo=samoa),
+        datetime(2400, 2, 29, tzinfo=UTC),
+    ]
+    with app.deps.uow() as work:
+        work.optimistic = True
+        for n, at in enumerate(moments * 2):  # 10 rows: a COPY
+            work.outbox.add(case_id, "by-copy", {}, f"at-copy-{n}", at)
+        work.commit()
+    for n, at in enumerate(moments):  # one row each: a statement
+        with app.deps.uow() as work:
+            work.optimistic = True
+            work.outbox.add(case_id, "by-statement", {}, f"at-one-{n}", at)
+            work.commit()
+    with app.engine.connect() as connection:
+        stored = {
+            key: (created, epoch)
+            for key, created, epoch in connection.exec_driver_sql(
+                "SELECT idempotency_key, created_at, extract(epoch FROM available_at)"
+                " FROM outbox WHERE case_id = %(c)s",
+                {"c": case_id},
+            ).all()
+        }
+    for n, at in enumerate(moments):
+        assert stored[f"at-copy-{n}"] == stored[f"at-one-{n}"], at
+        assert stored[f"at-copy-{n}"][0] == at
+        assert stored[f"at-copy-{n + len(moments)}"] == stored[f"at-one-{n}"]
 
 
 def test_a_timer_planned_twice_in_one_batch_is_stored_once(app: App, clock: ManualClock) -> None:
