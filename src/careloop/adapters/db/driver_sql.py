@@ -93,9 +93,9 @@ class DriverStatement:
             )
             if process is not None:
                 processors.append((index, process))
-            copy_text = _as_copy_text(bind_type, dialect, process)
-            if copy_text is not None or process is not None:
-                copy_processors.append((index, copy_text or process))
+            copy_text = _as_copy_text(bind_type, dialect, process) or process
+            if copy_text is not None:
+                copy_processors.append((index, copy_text))
         # A bind built with a value (a literal) keeps it unless the caller passes one.
         defaults = {name: self._defaults.get(name, result.binds[name].value) for name in names}
         plan = _Plan(
@@ -161,7 +161,7 @@ def _as_copy_text(
     serialize: Callable[[Any], str] = getattr(dialect, "_json_serializer", None) or json.dumps
     null, none_as_null = impl.NULL, impl.none_as_null
 
-    def process(value: Any) -> str | None:
+    def json_text(value: Any) -> str | None:
         # As JSON's bind processor decides what is SQL NULL and what JSON null.
         if value is null:
             value = None
@@ -169,7 +169,7 @@ def _as_copy_text(
             return None
         return serialize(value)
 
-    return process
+    return json_text
 
 
 def _datetime_text(process: Processor | None, value: Any) -> str | None:
