@@ -89,3 +89,60 @@ def test_conditions_of_one_activation_share_a_conversion_per_field_set() -> None
     assert isinstance(changed_case, dict)
     changed_case["open_tasks"] = 0
     assert tasks.evaluate(changed) is False
+
+
+def _fresh_verdict(expression: str, activation: dict[str, object]) -> object:
+    try:
+        result: object = cel.compile(expression).execute(cel.Context(variables=activation))
+    except Exception:
+        return ConditionError
+    return result
+
+
+@pytest.mark.parametrize(
+    ("expression", "field"),
+    [
+        ("case.open_tasks == true", "open_tasks"),  # 1 == True in Python, not in CEL
+        ("case.open_tasks + 1 == 2", "open_tasks"),  # 1 and 1.0 are different CEL types
+        ("1.0 / case.age_hours > 0.0", "age_hours"),  # 0.0 and -0.0 divide differently
+        ("has(case.team) || case.open_tasks == 1", "team"),  # absent is not null
+        ("size(case.diagnoses) == 1", "diagnoses"),
+    ],
+)
+def test_a_remembered_verdict_stands_only_for_values_cel_cannot_tell_apart(
+    expression: str, field: str
+) -> None:
+    """Verdicts are remembered by the values a condition reads; values Python holds
+    equal but CEL does not must each get their own, on every later evaluation too."""
+    condition = compile_condition(expression, FIELDS)
+    values: list[object] = [1, True, 1.0, 0, 0.0, -0.0, False, None, "1", [1], [True], ["1"]]
+    for _ in range(2):  # the second round reads remembered verdicts
+        for value in [*values, _ABSENT_FIELD]:
+            activation = _activation()
+            case = activation["case"]
+            assert isinstance(case, dict)
+            if value is _ABSENT_FIELD:
+                case.pop(field, None)
+            else:
+                case[field] = value
+            try:
+                got: object = condition.evaluate(activation)
+            except ConditionError:
+                got = ConditionError
+            assert got == _fresh_verdict(expression, activation), (expression, value)
+
+
+_ABSENT_FIELD = object()
+
+
+def test_the_same_inputs_are_not_converted_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    condition = compile_condition("case.clinic == 'harbor-clinic'", FIELDS)
+    first = _activation()
+    expected = condition.evaluate(first)
+    converted: list[object] = []
+    monkeypatch.setattr(
+        "careloop.adapters.cel_conditions._context_for",
+        lambda *args: converted.append(args) or pytest.fail("converted again"),
+    )
+    assert condition.evaluate(_activation()) is expected  # another activation, same clinic
+    assert converted == []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import cel
 
@@ -56,22 +56,84 @@ def _context_for(activation: Mapping[str, object], fields: frozenset[str] | None
     return context
 
 
+# Verdicts by condition text and the values it reads. A condition has no side effects
+# and CEL's functions are deterministic, so the same inputs decide alike; rules mostly
+# test fields with few distinct values (clinic, urgency, payer, network status), where
+# handing them to the library costs ~10 us a call in the relay and reading the verdict
+# back under one. Bounded: emptied when full.
+_VERDICTS: dict[tuple[object, ...], bool] = {}
+MAX_VERDICTS = 65_536
+_ABSENT = object()  # a field the case does not have: has() and errors depend on it
+
+
+class _Unkeyable(Exception):
+    """A value that _key cannot stand for exactly (a type other than JSON's own)."""
+
+
+def _key(value: object) -> object:
+    """A hashable stand-in equal only for values CEL cannot tell apart: the exact type
+    goes with it (1, 1.0 and true are different CEL values, and are equal in Python),
+    and a float by its hex form (-0.0 and 0.0 divide differently)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return (kind, value)
+    if kind is float:
+        return (kind, cast(float, value).hex())
+    if kind is list:
+        return (kind, tuple(_key(item) for item in cast(list[object], value)))
+    if kind is dict:
+        items = []
+        for name, item in cast(dict[object, object], value).items():
+            if type(name) is not str:
+                raise _Unkeyable
+            items.append((name, _key(item)))
+        return (kind, tuple(items))
+    raise _Unkeyable
+
+
 class CelCondition:
     def __init__(self, source: str, program: Any) -> None:
         self.source = source
         self._program = program
         self._fields = case_fields(source)
+        self._names = None if self._fields is None else tuple(sorted(self._fields))
 
     def evaluate(self, activation: Mapping[str, object]) -> bool:
         """Evaluate against ``activation``; callers must not mutate an activation they
         have evaluated with (it is converted once and reused while it is the latest)."""
+        key = self._verdict_key(activation)
+        if key is not None:
+            known = _VERDICTS.get(key)
+            if known is not None:
+                return known
         try:
             result = self._program.execute(_context_for(activation, self._fields))
         except Exception as error:  # the library raises KeyError, TypeError, ValueError...
             raise ConditionError(f"{type(error).__name__}: {error}") from error
         if not isinstance(result, bool):
             raise ConditionError(f"condition returned {type(result).__name__}, not bool")
+        if key is not None:
+            if len(_VERDICTS) >= MAX_VERDICTS:
+                _VERDICTS.clear()
+            _VERDICTS[key] = result
         return result
+
+    def _verdict_key(self, activation: Mapping[str, object]) -> tuple[object, ...] | None:
+        """What decides the verdict: the text, the case fields it reads and any other
+        variable; None when it reads the whole case or a value _key cannot stand for."""
+        case = activation.get("case")
+        if self._names is None or type(case) is not dict:
+            return None
+        parts: list[object] = [self.source]
+        try:
+            for name in self._names:
+                parts.append(_key(case[name]) if name in case else _ABSENT)
+            for name, value in activation.items():
+                if name != "case":
+                    parts.append((name, _key(value)))
+        except _Unkeyable:
+            return None
+        return tuple(parts)
 
 
 _CASE = re.compile(r"\bcase\b")
