@@ -17,8 +17,10 @@ outbox is relayed, on PostgreSQL, by P worker processes (default 2, one per core
 relay while the transitions are made; on SQLite (or with --relay-processes 0) by W relay
 threads (default 2) started after the transitions. Each relay has its own
 ``build_worker`` handlers (event log, Automation, integrations; batch size the worker's
-unless --relay-batch) and calls ``relay_once`` like the worker's relay loop, polling
-every 2 ms when idle. A process's end is when its last batch that relayed something ended.
+unless --relay-batch) and calls ``relay_once`` like the worker's relay loop: when idle,
+a worker process waits to be woken by a committed event (the worker's PostgreSQL
+LISTEN, adapters/db/outbox_signal.py) or its poll interval, a relay thread polls every
+2 ms. A process's end is when its last batch that relayed something ended.
 The rule effects run in the relay: per rule its actions through the write path (case
 update + audit, or task + audit), its outbox events and its automation_runs row, written
 at the batch's end by the deferred-write buffer; the events the rules cause
@@ -231,10 +233,17 @@ def _relay_process(url: str, batch: int | None, idle: Any, index: int, ready: An
         settle_heap()  # as `careloop worker` does before it starts
         pending = ("SELECT count(*) FROM outbox WHERE published_at IS NULL AND dead_at IS NULL"
                    " AND available_at <= %s")
+        # As the worker's relay loop: woken by committed events (LISTEN), else it polls.
+        wake, stop = threading.Event(), threading.Event()
+        assert worker.listen is not None
+        threading.Thread(target=worker.listen, args=(wake.set, stop), daemon=True).start()
+        if not wake.wait(30):  # set once listening
+            raise RuntimeError("the outbox listener did not connect")
         ready.put(index)
         go.wait()
         total, finished = 0, time.perf_counter()
         while True:
+            wake.clear()  # before the claim: an event committed during it still wakes us
             done = relay_once(worker.uow, worker.clock, worker.handlers, worker.relay_batch,
                               prepare=worker.prepare)
             total += done
@@ -250,7 +259,8 @@ def _relay_process(url: str, batch: int | None, idle: Any, index: int, ready: An
                     if not connection.exec_driver_sql(pending,
                                                       (worker.clock.now(),)).scalar_one():
                         break
-            time.sleep(0.002)
+            wake.wait(worker.poll_seconds)
+        stop.set()
         # When its last batch that relayed something ended, not its last idle poll
         # (CLOCK_MONOTONIC: one clock per machine).
         results.put(("ok", total, finished))

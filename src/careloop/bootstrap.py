@@ -22,6 +22,7 @@ from careloop.adapters.automation_definitions import (
 from careloop.adapters.cel_conditions import compile_condition
 from careloop.adapters.db.engine import is_sqlite, make_engine
 from careloop.adapters.db.migrate import require_migrated, upgrade
+from careloop.adapters.db.outbox_signal import outbox_listener
 from careloop.adapters.db.uow import SqlUnitOfWork, register_sqlite_write_lock
 from careloop.adapters.definitions import checksum, load_workflow_text, shipped_definitions
 from careloop.adapters.field_crypto import FieldCipher, build_cipher
@@ -204,6 +205,7 @@ def build_worker(
         # no lock for longer. SQLite's one writer lock is held from the batch's first
         # statement: short batches there, so intake never waits long behind the relay.
         relay_batch=20 if app.engine.dialect.name == "sqlite" else 100,
+        listen=outbox_listener(app.engine),
     )
 
 

@@ -87,6 +87,9 @@ class Worker:
     # loop then gives way to requests in flight, for at most max_yield_seconds.
     foreground: Foreground | None = None
     max_yield_seconds: float = 1.0
+    # Run in a thread of its own: calls its first argument whenever events are committed
+    # (adapters/db/outbox_signal.py), which wakes the relay before its poll interval.
+    listen: Callable[[Callable[[], None], threading.Event], None] | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     # Per loop: set to cut its idle sleep short (new work for it, or stop()).
     _wake: dict[str, threading.Event] = field(default_factory=dict)
@@ -109,6 +112,15 @@ class Worker:
         for name, step in self.loops().items():
             thread = threading.Thread(
                 target=self._loop, args=(name, step), name=f"careloop-{name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        if self.listen is not None:
+            thread = threading.Thread(
+                target=self.listen,
+                args=(self._wake["relay"].set, self._stop),
+                name="careloop-listen",
+                daemon=True,
             )
             thread.start()
             self._threads.append(thread)

@@ -10,6 +10,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.elements import BindParameter
 
 from careloop.adapters.db.driver_sql import insert_into
+from careloop.adapters.db.outbox_signal import announce
 from careloop.adapters.db.tables import outbox
 from careloop.adapters.db.write_buffer import COMMITTED_READ, WriteBuffer
 
@@ -71,6 +72,8 @@ class OutboxStore:
         # when it was added: unless the buffer went out since, the row is still held.
         self._caused: list[dict[str, Any]] | None = None
         self._held_at: dict[int, int] = {}
+        # Rows this transaction leaves pending: if any, its commit wakes idle workers.
+        self._pending = 0
 
     def add(
         self,
@@ -89,6 +92,7 @@ class OutboxStore:
             "available_at": at,
             "attempts": 0,
         }
+        self._pending += 1
         if self._buffer is not None and self._buffer.active:
             self._buffer.insert(_INSERT, row)
             if self._caused is not None:
@@ -126,6 +130,7 @@ class OutboxStore:
     def publish_caused(self, rows: list[dict[str, Any]], at: datetime) -> None:
         """Mark rows from ``take_caused`` published: those still held are written so;
         those written meanwhile are updated by their idempotency key."""
+        self._pending -= len(rows)
         written = []
         for row in rows:
             if self._buffer is not None and self._held_at.pop(id(row), -1) == self._buffer.flushes:
@@ -196,7 +201,14 @@ class OutboxStore:
         )
         if outbox_ids is not None:
             query = query.where(outbox.c.id.in_(outbox_ids))
-        return int(self._connection.execute(query).rowcount or 0)
+        replayed = int(self._connection.execute(query).rowcount or 0)
+        self._pending += replayed
+        return replayed
+
+    def announce(self) -> None:
+        """Before the commit: if it leaves events to relay, wake listening workers."""
+        if self._pending > 0:
+            announce(self._connection)
 
     def for_case(self, case_id: int) -> list[dict[str, Any]]:
         query = select(outbox).where(outbox.c.case_id == case_id).order_by(outbox.c.id)

@@ -172,6 +172,7 @@ class SqlUnitOfWork:
         assert self._transaction is not None, "commit outside the unit of work"
         if self._buffer is not None:
             self._buffer.flush()
+        self.outbox.announce()
         self._transaction.commit()
 
     def __exit__(
