@@ -16,7 +16,7 @@ from careloop.services.cases import create_referral
 from careloop.services.ports import ManualClock
 from careloop.services.recording import audit
 from careloop.services.referral_input import validate_referral
-from tests.conftest import ADMIN, INTAKE, referral_payload
+from tests.conftest import ADMIN, INTAKE, START, referral_payload
 
 
 def _fill(app: App, n: int = 6) -> None:
@@ -164,3 +164,36 @@ def test_an_append_rolled_back_does_not_leave_a_gap_in_the_chain(
         writer.engine.dispose()
     results = verify_audit_log(app.engine)
     assert [(r.ok, r.entries_checked) for r in results] == [(True, 4)]
+
+
+_ODD_DETAILS: list[dict[str, object]] = [
+    {"plain": "text", "n": 2**40, "list": [1, None, True, "x"], "nested": {"b": 1, "a": [{}]}},
+    {"é": "naïve café ☕ \u2028", "ctrl": '\x00\x1f"\\', "emoji": "\U0001f600"},
+    {"big": 2**70, "neg": -(2**63) - 1},  # past 64 bits: orjson refuses them
+    {"float": 0.1, "exp": 1e-7, "inf_like": 1e308},
+    {"when": START},  # orjson would write these, differently from default=str
+    {"day": START.date(), "tuple": (1, "a")},
+    {"set": {"only"}},
+    {"z": 1, "a": {"y": 2, "b": 3}},  # keys out of order
+]
+
+
+@pytest.mark.parametrize("deferred", [False, True])
+def test_details_of_every_shape_read_back_as_hashed(app: App, deferred: bool) -> None:
+    """The stored detail is read back and hashed again by verification: plain JSON is
+    stored in orjson's text, anything else as json.dumps wrote it, and both must load
+    as what was hashed, through a statement and through a COPY alike."""
+    case, _ = create_referral(app.deps, INTAKE, validate_referral(referral_payload()))
+    with app.deps.uow() as work:
+        work.optimistic = deferred  # deferred: written at commit, many rows at once
+        for n, detail in enumerate(_ODD_DETAILS * 2):
+            audit(work, ADMIN, f"test.detail.{n}", START, case=case, detail=dict(detail))
+        work.commit()
+    results = verify_audit_log(app.engine)
+    assert all(result.ok for result in results), [r for r in results if not r.ok]
+    with app.deps.read_uow() as work:
+        stored = {e["action"]: e["detail"] for e in work.audit.for_case(case.id)}
+    assert stored["test.detail.0"] == _ODD_DETAILS[0]
+    assert stored["test.detail.1"] == _ODD_DETAILS[1]
+    assert stored["test.detail.2"] == {"big": 2**70, "neg": -(2**63) - 1}
+    assert stored["test.detail.4"] == {"when": str(START)}  # as default=str wrote it

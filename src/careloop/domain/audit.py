@@ -82,7 +82,7 @@ def canonical_encoding(chain: int, seq: int, record: AuditRecord) -> bytes:
         "seq": seq,
         "occurred_at": _iso(record.occurred_at),
     }
-    if _is_plain(body):
+    if is_plain_json(body):
         try:
             return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
         except TypeError:
@@ -100,7 +100,7 @@ _SCALARS = frozenset({str, int, bool, type(None)})
 _SEQUENCES = frozenset({list, tuple})
 
 
-def _is_plain(value: object) -> bool:
+def is_plain_json(value: object) -> bool:
     """Whether ``value`` is JSON that orjson and json.dumps write alike. Exact types
     only: a subclass (an enum, say) may encode differently in one of them. Loops, not
     all(...): this runs for every audit entry, and the generators cost twice as much."""
@@ -109,12 +109,12 @@ def _is_plain(value: object) -> bool:
         return True
     if isinstance(value, dict) and kind is dict:
         for key, item in value.items():
-            if type(key) is not str or (type(item) not in _SCALARS and not _is_plain(item)):
+            if type(key) is not str or (type(item) not in _SCALARS and not is_plain_json(item)):
                 return False
         return True
     if isinstance(value, list | tuple) and kind in _SEQUENCES:
         for item in value:  # noqa: SIM110 - see above
-            if type(item) not in _SCALARS and not _is_plain(item):
+            if type(item) not in _SCALARS and not is_plain_json(item):
                 return False
         return True
     return False

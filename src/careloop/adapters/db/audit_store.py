@@ -10,6 +10,7 @@ from dataclasses import fields
 from typing import Any
 from weakref import WeakKeyDictionary
 
+import orjson
 from sqlalchemy import Connection, Engine, Select, bindparam, func, insert, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -23,6 +24,7 @@ from careloop.domain.audit import (
     AuditRecord,
     VerifyResult,
     chain_entry,
+    is_plain_json,
     record_fields,
     verify_chain,
 )
@@ -280,8 +282,18 @@ _DETAIL_ENCODER = json.JSONEncoder(sort_keys=True, default=str)
 
 
 def _detail_text(detail: Mapping[str, Any]) -> str:
-    # Most entries (every intake) carry no detail.
-    return _DETAIL_ENCODER.encode(detail) if detail else "{}"
+    """The stored detail. Verification reads it back with json.loads and hashes that,
+    so it must load as the detail that was hashed: plain JSON does from orjson's text
+    (a quarter of json.dumps's cost); anything else (a date, an enum) is written as
+    the hash wrote it, by json.dumps with default=str."""
+    if not detail:
+        return "{}"  # most entries (every intake) carry no detail
+    if is_plain_json(detail):
+        try:
+            return orjson.dumps(detail, option=orjson.OPT_SORT_KEYS).decode()
+        except TypeError:
+            pass  # a number too large for orjson
+    return _DETAIL_ENCODER.encode(detail)
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
