@@ -206,7 +206,6 @@ outbox = Table(
     # Set when the retry schedule is exhausted; the row leaves the pending set until
     # someone replays it.
     Column("dead_at", TZ, nullable=True),
-    Index("ix_outbox_pending", "published_at", "available_at", "id"),
     Index("ix_outbox_case", "case_id", "id"),
     # The claim's "is an earlier event of this case still pending?" probe: a partial
     # index keeps it cheap whatever the planner's statistics say about pending rows.
@@ -223,6 +222,13 @@ outbox = Table(
         "id",
         postgresql_where=text("published_at IS NULL AND dead_at IS NULL"),
         sqlite_where=text("published_at IS NULL AND dead_at IS NULL"),
+    ),
+    # The dead-letter list; it holds dead rows only, so live ones cost it nothing.
+    Index(
+        "ix_outbox_dead",
+        "id",
+        postgresql_where=text("dead_at IS NOT NULL"),
+        sqlite_where=text("dead_at IS NOT NULL"),
     ),
 )
 
