@@ -340,9 +340,15 @@ def _load_current(case: Case, expected_version: int) -> Case:
 
 
 def _apply_changes(case: Case, changes: ReferralChanges, now: Any) -> list[str]:
-    merged = merge_changes(case.data, changes)
-    changed = sorted(k for k in set(merged) | set(case.data) if merged.get(k) != case.data.get(k))
-    before = {name: case.data.get(name) for name in changed}
+    merged, old = merge_changes(case.data, changes), case.data
+    # The merge keeps what it does not change as the same objects: identity settles
+    # most fields without comparing nested values (a patient, a payer) member by member.
+    changed = sorted(
+        k
+        for k in merged.keys() | old.keys()
+        if (new_value := merged.get(k)) is not (old_value := old.get(k)) and new_value != old_value
+    )
+    before = {name: old.get(name) for name in changed}
     case.data = merged
     case.updated_at = now
     if changed:

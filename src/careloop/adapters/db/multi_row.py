@@ -101,8 +101,12 @@ class MultiRowInsert:
         order = self._order
         with connection.cursor() as cursor:
             with cursor.copy(self.copy_sql) as copy:
-                for row in rows:
-                    copy.write_row([row[index] for index in order])
+                if order == tuple(range(len(order))):  # a row's values are in column order
+                    for row in rows:
+                        copy.write_row(row)
+                else:
+                    for row in rows:
+                        copy.write_row([row[index] for index in order])
             return cursor.rowcount
 
     def text(self, rows: int) -> str:
