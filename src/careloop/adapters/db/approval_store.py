@@ -81,6 +81,15 @@ class ApprovalStore:
         cached = _COMPILED.get((database, key, version))
         if cached is not None:
             return cached
+        with _COMPILE_LOCK:  # threads starting at once compile it once, not each
+            cached = _COMPILED.get((database, key, version))
+            if cached is not None:
+                return cached
+            compiled = self._compile(key, version)
+            _COMPILED[(database, key, version)] = compiled
+            return compiled
+
+    def _compile(self, key: str, version: int) -> ApprovalPolicySet:
         row = self._connection.execute(
             select(
                 automation_definitions.c.source_name, automation_definitions.c.source_text
@@ -93,9 +102,7 @@ class ApprovalStore:
         if row is None:
             raise NotFound(f"approvals {key} version {version} is not stored")
         source = f"{row.source_name} (stored v{version})"
-        compiled = load_approvals_text(row.source_text, source, None)
-        with _COMPILE_LOCK:
-            return _COMPILED.setdefault((database, key, version), compiled)
+        return load_approvals_text(row.source_text, source, None)
 
     # -- requests ------------------------------------------------------------------
     def add(self, request: ApprovalRequest) -> int:
