@@ -6,7 +6,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, literal, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    any_,
+    bindparam,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from careloop.adapters.db.case_search import CaseFilter, search_cases
 from careloop.adapters.db.driver_sql import DriverStatement, insert_into, insert_row
@@ -92,7 +103,14 @@ _GET_CASE = select(
     .label("open_tasks"),
 )
 _GET_CASE_BY_ID = _GET_CASE.where(cases.c.id == bindparam("case_id"))
-_GET_CASES = _GET_CASE.where(cases.c.id.in_(bindparam("case_ids", expanding=True)))
+# Many cases by id: on PostgreSQL one array parameter (= ANY), one statement text that
+# psycopg prepares, where an IN list is rendered and parsed anew for every batch size.
+_GET_CASES = {
+    "postgresql": _GET_CASE.where(
+        cases.c.id == any_(bindparam("case_ids", type_=ARRAY(BigInteger)))
+    ),
+}
+_GET_CASES_DEFAULT = _GET_CASE.where(cases.c.id.in_(bindparam("case_ids", expanding=True)))
 
 
 def search_text(data: dict[str, Any], cipher: FieldCipher | None = None) -> str:
@@ -195,7 +213,8 @@ class CaseRepository:
         wanted = [i for i in case_ids if i not in buffer.cases]
         if not wanted:
             return
-        for row in self._connection.execute(_GET_CASES, {"case_ids": wanted}):
+        query = _GET_CASES.get(self._connection.dialect.name, _GET_CASES_DEFAULT)
+        for row in self._connection.execute(query, {"case_ids": wanted}):
             buffer.cases[row.id] = self._case(row)
 
     def _case(self, row: Any) -> Case:
