@@ -11,7 +11,8 @@ so exactly these ten rules are active; R referrals (default 1,000) created throu
 careloop (timed): all R referrals moved to documentation review from T threads (default
 4), by ``transition_cases`` in batches of 200 (the bulk move a coordinator makes on a work
 queue page, POST /api/v1/referrals/transitions; one transaction per batch, its writes
-deferred to the commit), or with --single one ``transition_case`` per referral. The
+deferred to the commit), or with --single one ``transition_case`` per referral; this
+process settles its heap first (``settle_heap``), as `careloop serve` does once started. The
 outbox is relayed, on PostgreSQL, by P worker processes (default 2, one per core, as
 `careloop worker` is deployed) that are started and idle before the clock starts and
 relay while the transitions are made; on SQLite (or with --relay-processes 0) by W relay
@@ -326,6 +327,7 @@ BULK = 200  # the API's most items per bulk move
 def run_careloop(app: Any, cases: list[tuple[int, int]], threads: int, relay_threads: int,
                  relay_batch: int | None = None, single: bool = False,
                  relay_processes: int = 0, url: str = "") -> dict[str, Any]:
+    from careloop.bootstrap import settle_heap
     from careloop.services.cases import Move, transition_case, transition_cases
 
     actor = _actor()
@@ -337,6 +339,7 @@ def run_careloop(app: Any, cases: list[tuple[int, int]], threads: int, relay_thr
 
     before = counts(app)
     relays = RelayProcesses(url, relay_processes, relay_batch) if relay_processes else None
+    settle_heap()  # this process serves the moves, as `careloop serve` does after start-up
     t0 = time.perf_counter()
     if relays is not None:
         relays.go.set()
