@@ -257,3 +257,92 @@ def test_a_stale_case_among_many_fails_the_batch_and_writes_nothing(
         ]
     assert versions == [1, 2, 1]
     assert events == []
+
+
+def test_a_binary_copy_stores_every_column_type_as_a_statement_does(pg_app: App) -> None:
+    """A COPY of ten rows goes in binary (each value in its column type's binary form)
+    where every column's type has one; a table with a type that has none here (float,
+    numeric, bytea) goes as text. Both store what one INSERT per row stores."""
+    from decimal import Decimal
+
+    from sqlalchemy import (
+        JSON,
+        BigInteger,
+        Boolean,
+        Column,
+        DateTime,
+        Float,
+        Integer,
+        LargeBinary,
+        MetaData,
+        Numeric,
+        SmallInteger,
+        String,
+        Table,
+        Text,
+    )
+
+    from careloop.adapters.db.tables import TZ
+
+    def columns() -> list[Column[Any]]:
+        return [
+            Column("id", BigInteger, primary_key=True, autoincrement=True),
+            Column("label", String(20)),
+            Column("big", BigInteger),
+            Column("whole", Integer),
+            Column("small", SmallInteger),
+            Column("flag", Boolean),
+            Column("note", Text),
+            Column("aware", TZ),
+            Column("naive", DateTime(timezone=False)),
+            Column("doc", JSON),
+        ]
+
+    metadata = MetaData()
+    binary = Table("copy_binary_types", metadata, *columns())
+    text = Table(
+        "copy_text_types",
+        metadata,
+        *columns(),
+        Column("ratio", Float),
+        Column("amount", Numeric(12, 2)),
+        Column("blob", LargeBinary),
+    )
+    metadata.create_all(pg_app.engine)
+    moment = datetime(2026, 3, 2, 9, 30, 15, 123456, tzinfo=timezone(timedelta(hours=-5)))
+
+    def row(n: int, label: str) -> dict[str, Any]:
+        return {
+            "label": label,
+            "big": 2**62 + n,
+            "whole": -(2**31) + n,
+            "small": 2**15 - 1 - n,
+            "flag": n % 2 == 0,
+            "note": "tab\there, line\nbreak, back\\slash, naïve ☕" if n else None,
+            "aware": moment + timedelta(microseconds=n),
+            "naive": datetime(1999, 12, 31, 23, 59, 59) + timedelta(days=n),
+            "doc": {"n": n, "list": [None, True, 'x"y']} if n != 3 else None,
+        }
+
+    text_only = {"ratio": 0.1, "amount": Decimal("12.34"), "blob": b"\x00\xff"}
+    for table, extra in ((binary, {}), (text, text_only)):
+        statement = insert_into(table)
+        with pg_app.engine.begin() as connection:
+            assert (
+                statement.execute_many(connection, [{**row(n, "copy"), **extra} for n in range(10)])
+                == 10
+            )
+            for n in range(10):
+                statement.execute(connection, {**row(n, "one"), **extra})
+        with pg_app.engine.connect() as connection:
+            stored = [
+                dict(r) for r in connection.execute(select(table).order_by(table.c.id)).mappings()
+            ]
+        copied = [{k: v for k, v in r.items() if k not in ("id", "label")} for r in stored[:10]]
+        single = [{k: v for k, v in r.items() if k not in ("id", "label")} for r in stored[10:]]
+        assert copied == single, table.name
+        assert copied[1]["aware"] == moment + timedelta(microseconds=1)
+        assert copied[3]["doc"] is None and copied[1]["doc"] == {
+            "n": 1,
+            "list": [None, True, 'x"y'],
+        }

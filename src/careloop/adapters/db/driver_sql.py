@@ -18,12 +18,23 @@ from typing import Any, NamedTuple
 
 import psycopg
 from sqlalchemy import Connection, Insert, Table, bindparam, insert
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import Null
 from sqlalchemy.sql.schema import ColumnDefault
-from sqlalchemy.types import JSON, TypeDecorator, TypeEngine
+from sqlalchemy.types import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Integer,
+    SmallInteger,
+    String,
+    TypeDecorator,
+    TypeEngine,
+)
 
 from careloop.adapters.db.multi_row import MultiRowInsert
 
@@ -36,6 +47,10 @@ class _Plan(NamedTuple):
     names: tuple[str, ...]  # parameter order
     processors: tuple[tuple[int, Processor], ...]  # (index, bind processor), only typed ones
     copy_processors: tuple[tuple[int, Processor], ...]  # the same, for a COPY's text rows
+    # For a binary COPY: per name its PostgreSQL type, and the processors it needs (JSON
+    # as its text, datetimes as aware datetimes); None where a type has no binary form here.
+    binary_types: tuple[str, ...] | None
+    binary_processors: tuple[tuple[int, Processor], ...]
     rows: MultiRowInsert | None  # an INSERT's multi-row form, on psycopg only
     defaults: dict[str, Any]  # per name, its value where the caller leaves it out
     pick: Callable[[Mapping[str, Any]], tuple[Any, ...]]  # the values in parameter order
@@ -65,6 +80,9 @@ class DriverStatement:
         driver = connection.connection.driver_connection
         if plan.rows is not None and isinstance(driver, psycopg.Connection):
             copying = plan.rows.copies(len(rows))
+            if copying and plan.binary_types is not None:
+                binary = [_values(plan, params, plan.binary_processors) for params in rows]
+                return plan.rows.copy_binary(driver, binary, plan.binary_types)
             processors = plan.copy_processors if copying else plan.processors
             return plan.rows.run(driver, [_values(plan, params, processors) for params in rows])
         cursor = connection.connection.cursor()
@@ -81,7 +99,8 @@ class DriverStatement:
         result = self._statement.compile(dialect=dialect)
         assert isinstance(result, SQLCompiler)
         names = tuple(result.positiontup or ()) if result.positional else tuple(result.binds)
-        processors, copy_processors = [], []
+        processors, copy_processors, binary_processors = [], [], []
+        binary_types: list[str] | None = []
         for index, name in enumerate(names):
             bind_type = result.binds[name].type
             # dialect_impl: the type as this dialect stores it (SQLite's DATETIME text
@@ -96,6 +115,15 @@ class DriverStatement:
             copy_text = _as_copy_text(bind_type, dialect, process) or process
             if copy_text is not None:
                 copy_processors.append((index, copy_text))
+            binary_type = _binary_type(bind_type, dialect)
+            if binary_types is not None and binary_type is not None:
+                binary_types.append(binary_type)
+                # JSON goes as its text (a json column's binary form is that text).
+                binary = copy_text if binary_type == "text" and copy_text is not None else process
+                if binary is not None:
+                    binary_processors.append((index, binary))
+            else:
+                binary_types = None
         # A bind built with a value (a literal) keeps it unless the caller passes one.
         defaults = {name: self._defaults.get(name, result.binds[name].value) for name in names}
         plan = _Plan(
@@ -104,6 +132,8 @@ class DriverStatement:
             names,
             tuple(processors),
             tuple(copy_processors),
+            None if binary_types is None else tuple(binary_types),
+            tuple(binary_processors),
             self._multi_row(dialect, names),
             defaults,
             _picker(names),
@@ -170,6 +200,31 @@ def _as_copy_text(
         return serialize(value)
 
     return json_text
+
+
+def _binary_type(type_: TypeEngine[Any], dialect: Dialect) -> str | None:
+    """The PostgreSQL type a binary COPY sends a column's values as, or None if this
+    module does not know its binary form (the COPY then goes as text). A JSON value goes
+    as its serialized text: a json column's binary input is that text; jsonb's is not."""
+    impl = type_.dialect_impl(dialect)
+    while isinstance(impl, TypeDecorator):
+        impl = impl.impl_instance.dialect_impl(dialect)
+    if isinstance(impl, JSON):
+        return None if isinstance(impl, JSONB) else "text"
+    if isinstance(impl, DateTime):
+        return "timestamptz" if impl.timezone else "timestamp"
+    return next((name for kind, name in _BINARY_TYPES if isinstance(impl, kind)), None)
+
+
+# Most specific first: BigInteger is an Integer, Text and Enum are Strings. Not here:
+# floats and numerics (psycopg's dialect binds them as Numeric, float4 or float8).
+_BINARY_TYPES: tuple[tuple[type[TypeEngine[Any]], str], ...] = (
+    (BigInteger, "int8"),
+    (SmallInteger, "int2"),
+    (Integer, "int4"),
+    (Boolean, "bool"),
+    (String, "text"),
+)
 
 
 def _datetime_text(process: Processor | None, value: Any) -> str | None:
