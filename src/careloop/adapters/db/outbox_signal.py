@@ -60,7 +60,7 @@ def outbox_listener(engine: Engine) -> Listener | None:
                     while not stop.is_set():
                         for _ in connection.notifies(timeout=WAIT_SECONDS):
                             wake()
-            except psycopg.Error as error:
+            except Exception as error:  # the connection dropped: never end the thread
                 log.warning(
                     "outbox listener lost its connection (%s); again in %.1f s", error, delay
                 )
