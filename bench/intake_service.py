@@ -14,10 +14,10 @@ types and indexes:
 
   raw_cases     bigint/INTEGER PK; data JSON (``json`` on PostgreSQL, as careloop);
                 ix (state, clinic, specialty, created_at, id), (state, created_at, id),
-                (assignee, state), (created_at, id)
+                (assignee, state), (created_at, id), (team, state), (created_by, id)
   raw_audit_log PK (chain, seq); ix (case_id), (patient_ref), (occurred_at)
-  raw_outbox    bigint/INTEGER PK; UNIQUE (idempotency_key);
-                ix (published_at, available_at, id)
+  raw_outbox    bigint/INTEGER PK; UNIQUE (idempotency_key); ix (case_id, id), and
+                partial: (case_id, id) and (id) of pending rows, (id) of dead ones
 
 (a) SQLite: one loop in one thread for each side.
 (b) PostgreSQL: N client processes (default 4) for each side, each with its own engine
@@ -52,13 +52,16 @@ CREATE TABLE raw_cases (
     workflow_key VARCHAR(100) NOT NULL, workflow_version INTEGER NOT NULL,
     state VARCHAR(64) NOT NULL, version INTEGER NOT NULL, clinic VARCHAR(100) NOT NULL,
     specialty VARCHAR(100) NOT NULL, urgency VARCHAR(20) NOT NULL, payer VARCHAR(200),
-    assignee VARCHAR(150), patient_ref VARCHAR(100), search_text TEXT NOT NULL,
-    data JSON NOT NULL, created_by INTEGER NOT NULL, created_at DATETIME NOT NULL,
-    updated_at DATETIME NOT NULL, state_entered_at DATETIME NOT NULL);
+    assignee VARCHAR(150), team VARCHAR(100), patient_ref VARCHAR(100),
+    search_text TEXT NOT NULL, data JSON NOT NULL, created_by INTEGER NOT NULL,
+    created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL,
+    state_entered_at DATETIME NOT NULL);
 CREATE INDEX ix_raw_cases_queue ON raw_cases (state, clinic, specialty, created_at, id);
 CREATE INDEX ix_raw_cases_state_created ON raw_cases (state, created_at, id);
 CREATE INDEX ix_raw_cases_assignee_state ON raw_cases (assignee, state);
 CREATE INDEX ix_raw_cases_created ON raw_cases (created_at, id);
+CREATE INDEX ix_raw_cases_team_state ON raw_cases (team, state);
+CREATE INDEX ix_raw_cases_created_by ON raw_cases (created_by, id);
 CREATE TABLE raw_audit_log (
     chain INTEGER NOT NULL, seq BIGINT NOT NULL, occurred_at DATETIME NOT NULL,
     actor_id INTEGER NOT NULL, actor_name VARCHAR(150) NOT NULL,
@@ -74,8 +77,12 @@ CREATE TABLE raw_outbox (
     id INTEGER PRIMARY KEY, case_id BIGINT, event_type VARCHAR(100) NOT NULL,
     payload JSON NOT NULL, idempotency_key VARCHAR(200) NOT NULL UNIQUE,
     created_at DATETIME NOT NULL, available_at DATETIME NOT NULL,
-    attempts INTEGER NOT NULL, published_at DATETIME, last_error TEXT);
-CREATE INDEX ix_raw_outbox_pending ON raw_outbox (published_at, available_at, id);
+    attempts INTEGER NOT NULL, published_at DATETIME, last_error TEXT, dead_at DATETIME);
+CREATE INDEX ix_raw_outbox_case ON raw_outbox (case_id, id);
+CREATE INDEX ix_raw_outbox_case_pending ON raw_outbox (case_id, id)
+    WHERE published_at IS NULL AND dead_at IS NULL;
+CREATE INDEX ix_raw_outbox_ready ON raw_outbox (id) WHERE published_at IS NULL AND dead_at IS NULL;
+CREATE INDEX ix_raw_outbox_dead ON raw_outbox (id) WHERE dead_at IS NOT NULL;
 """
 
 RAW_PG_DDL = (
