@@ -20,6 +20,7 @@ from careloop.adapters.automation_definitions import (
     load_rules_text,
 )
 from careloop.adapters.cel_conditions import compile_condition
+from careloop.adapters.db.driver_sql import compile_all
 from careloop.adapters.db.engine import is_sqlite, make_engine
 from careloop.adapters.db.migrate import require_migrated, upgrade
 from careloop.adapters.db.outbox_signal import outbox_listener
@@ -128,6 +129,8 @@ def build(
             raise
     if is_sqlite(engine):
         register_sqlite_write_lock(engine)
+    # The write path's SQL for this database, now rather than by the first requests.
+    compile_all(engine.dialect)
     cipher = field_cipher(settings)
     uow = partial(SqlUnitOfWork, engine, settings.audit_chains, cipher=cipher)
     read_uow = partial(SqlUnitOfWork, engine, settings.audit_chains, read_only=True, cipher=cipher)

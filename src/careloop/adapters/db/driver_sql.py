@@ -15,6 +15,7 @@ from datetime import datetime
 from functools import partial
 from operator import itemgetter
 from typing import Any, NamedTuple
+from weakref import WeakSet
 
 import psycopg
 from sqlalchemy import Connection, Insert, Table, bindparam, insert
@@ -62,6 +63,7 @@ class DriverStatement:
         self._defaults = dict(defaults or {})
         # By dialect class: the SQL and bind processors differ per database and driver.
         self._plans: dict[type[Dialect], _Plan] = {}
+        _MADE.add(self)
 
     def execute(self, connection: Connection, params: Mapping[str, Any]) -> Any:
         """Run with ``params``; returns the DBAPI cursor (fetch RETURNING rows from it)."""
@@ -93,7 +95,10 @@ class DriverStatement:
         return int(cursor.rowcount)
 
     def _plan(self, connection: Connection) -> _Plan:
-        return self._plans.get(type(connection.dialect)) or self._compile(connection.dialect)
+        return self._plan_for(connection.dialect)
+
+    def _plan_for(self, dialect: Dialect) -> _Plan:
+        return self._plans.get(type(dialect)) or self._compile(dialect)
 
     def _compile(self, dialect: Dialect) -> _Plan:
         result = self._statement.compile(dialect=dialect)
@@ -151,6 +156,20 @@ class DriverStatement:
         if tuple(result.binds) != names:
             return None
         return MultiRowInsert.from_compiled(str(result), names)
+
+
+# Every statement made, for compile_all (held weakly: one made per call goes away).
+_MADE: WeakSet[DriverStatement] = WeakSet()
+
+
+def compile_all(dialect: Dialect) -> int:
+    """Compile every statement made so far for ``dialect``; returns how many were new.
+    Start-up calls it, so that a fresh worker's first batch, or a server's first
+    requests (several threads at once, each compiling the same statement), do not."""
+    fresh = [s for s in list(_MADE) if type(dialect) not in s._plans]
+    for statement in fresh:
+        statement._plan_for(dialect)
+    return len(fresh)
 
 
 def _bound(plan: _Plan, params: Mapping[str, Any]) -> list[Any] | dict[str, Any]:
