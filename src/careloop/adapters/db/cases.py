@@ -390,7 +390,8 @@ class CaseRepository:
         buffer = self._deferring()
         if buffer is not None:
             task_id = buffer.next_id("tasks", self._allocate_task_ids)
-            buffer.insert(_INSERT_TASK_WITH_ID, {**values, "id": task_id, "case_id": case_id})
+            row = {"completed_at": None, **values, "id": task_id, "case_id": case_id}
+            buffer.insert(_INSERT_TASK_WITH_ID, row)
             kept = buffer.cases.get(case_id)
             if kept is not None and values.get("status", "open") == "open":
                 kept.open_tasks += 1

@@ -123,8 +123,13 @@ class DriverStatement:
             binary_type = _binary_type(bind_type, dialect)
             if binary_types is not None and binary_type is not None:
                 binary_types.append(binary_type)
-                # JSON goes as its text (a json column's binary form is that text).
+                # JSON goes as its text (a json column's binary form is that text). An
+                # aware datetime goes as it is: the binary form is the instant itself,
+                # in whatever zone it comes (a naive one is refused by psycopg, as by
+                # the column type's processor, and the batch re-runs carefully).
                 binary = copy_text if binary_type == "text" and copy_text is not None else process
+                if binary_type == "timestamptz":
+                    binary = None
                 if binary is not None:
                     binary_processors.append((index, binary))
             else:
@@ -183,9 +188,13 @@ def _values(
 ) -> list[Any]:
     """``params`` in the plan's order, each value through its column type's bind processor
     (``processors``: the plan's own, or its COPY ones)."""
-    # Two C calls (merge, itemgetter) where a loop of dict.get cost twice as much: every
-    # row the relay writes comes through here.
-    values = list(plan.pick({**plan.defaults, **params}))
+    # C calls (itemgetter, and a merge only when a value is left out) where a loop of
+    # dict.get cost twice as much: every row the relay writes comes through here, most
+    # of them with every column given.
+    try:
+        values = list(plan.pick(params))
+    except KeyError:
+        values = list(plan.pick({**plan.defaults, **params}))
     for index, process in processors:
         values[index] = process(values[index])
     return values

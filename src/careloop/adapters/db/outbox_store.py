@@ -91,6 +91,11 @@ class OutboxStore:
             "created_at": at,
             "available_at": at,
             "attempts": 0,
+            # Every column given: the deferred writer then picks the values without
+            # filling in defaults (driver_sql._values).
+            "published_at": None,
+            "last_error": None,
+            "dead_at": None,
         }
         self._pending += 1
         if self._buffer is not None and self._buffer.active:
