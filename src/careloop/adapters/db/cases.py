@@ -214,7 +214,8 @@ class CaseRepository:
         if not wanted:
             return
         query = _GET_CASES.get(self._connection.dialect.name, _GET_CASES_DEFAULT)
-        for row in self._connection.execute(query, {"case_ids": wanted}):
+        # all(): one fetch of every row, where iterating the result fetched row by row.
+        for row in self._connection.execute(query, {"case_ids": wanted}).all():
             buffer.cases[row.id] = self._case(row)
 
     def _case(self, row: Any) -> Case:

@@ -129,7 +129,7 @@ class OutboxStore:
             return set()
         _, pending_of_cases = self._by_ids()
         probe = pending_of_cases.execution_options(**{COMMITTED_READ: True})
-        rows = self._connection.execute(probe, {"ids": sorted(case_ids), "below": _NO_LIMIT})
+        rows = self._connection.execute(probe, {"ids": sorted(case_ids), "below": _NO_LIMIT}).all()
         return {int(case_id) for case_id, outbox_id in rows if outbox_id not in claimed_ids}
 
     def publish_caused(self, rows: list[dict[str, Any]], at: datetime) -> None:
@@ -150,7 +150,8 @@ class OutboxStore:
         SKIP LOCKED). A row is kept only if every earlier pending event of its case is
         in the batch too: a later event never overtakes one that waits out a retry
         backoff or that another worker holds. Rows left out stay pending."""
-        claimed = self._connection.execute(_CLAIM, {"now": now, "limit": limit}).mappings()
+        # all(): one fetch of every row, where iterating the result fetched row by row.
+        claimed = self._connection.execute(_CLAIM, {"now": now, "limit": limit}).mappings().all()
         rows = [dict(r) for r in claimed]
         cases = {row["case_id"] for row in rows if row["case_id"] is not None}
         if not cases:
@@ -158,7 +159,7 @@ class OutboxStore:
         earlier: dict[int, list[int]] = {}
         _, pending_of_cases = self._by_ids()
         probe = {"ids": sorted(cases), "below": rows[-1]["id"]}
-        for case_id, outbox_id in self._connection.execute(pending_of_cases, probe):
+        for case_id, outbox_id in self._connection.execute(pending_of_cases, probe).all():
             earlier.setdefault(int(case_id), []).append(int(outbox_id))
         kept: list[dict[str, Any]] = []
         taken: set[int] = set()

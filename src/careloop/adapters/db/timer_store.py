@@ -145,7 +145,8 @@ class TimerStore:
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        return [dict(r) for r in self._connection.execute(query).mappings()]
+        # all(): one fetch of every row, where iterating the result fetched row by row.
+        return [dict(r) for r in self._connection.execute(query).mappings().all()]
 
     def next_due(self) -> datetime | None:
         """When the earliest pending timer is due (None: no timer pending)."""
