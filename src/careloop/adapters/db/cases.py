@@ -85,7 +85,6 @@ _TEXT_FIELDS = (
     "specialty",
     "clinic",
 )
-_TEXT_PATHS = tuple((path, tuple(path.split("."))) for path in _TEXT_FIELDS)
 
 
 # A case with what its conditions read besides its row (document types, open tasks) in
@@ -117,11 +116,8 @@ def search_text(data: dict[str, Any], cipher: FieldCipher | None = None) -> str:
     """The work queue's free text. An encrypted field is in it only as its blind index
     token, so this column never shows what the data column hides."""
     parts = []
-    for path, steps in _TEXT_PATHS:
-        # lookup() inlined over paths split once: every case save runs this.
-        value: object = data
-        for step in steps:
-            value = value.get(step) if isinstance(value, dict) else None
+    for path in _TEXT_FIELDS:
+        value = lookup(data, path)
         if value and cipher is not None and path in SEALED_FIELDS:
             value = cipher.blind_index(str(value))
         parts.append(value)

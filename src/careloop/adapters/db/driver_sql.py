@@ -84,7 +84,7 @@ class DriverStatement:
             copying = plan.rows.copies(len(rows))
             if copying and plan.binary_types is not None:
                 binary = [_values(plan, params, plan.binary_processors) for params in rows]
-                return plan.rows.copy_binary(driver, binary, plan.binary_types)
+                return plan.rows.copy(driver, binary, plan.binary_types)
             processors = plan.copy_processors if copying else plan.processors
             return plan.rows.run(driver, [_values(plan, params, processors) for params in rows])
         cursor = connection.connection.cursor()
@@ -123,13 +123,15 @@ class DriverStatement:
             binary_type = _binary_type(bind_type, dialect)
             if binary_types is not None and binary_type is not None:
                 binary_types.append(binary_type)
-                # JSON goes as its text (a json column's binary form is that text). An
-                # aware datetime goes as it is: the binary form is the instant itself,
-                # in whatever zone it comes (a naive one is refused by psycopg, as by
-                # the column type's processor, and the batch re-runs carefully).
-                binary = copy_text if binary_type == "text" and copy_text is not None else process
                 if binary_type == "timestamptz":
+                    # As it is: the binary form is the instant, in whatever zone it
+                    # comes (a naive one is refused by psycopg, as by the column type's
+                    # processor, and the batch re-runs carefully).
                     binary = None
+                elif _is_datetime(bind_type):
+                    binary = process  # a naive timestamp: the datetime, not its text
+                else:
+                    binary = copy_text  # JSON as its text: a json column's binary form
                 if binary is not None:
                     binary_processors.append((index, binary))
             else:

@@ -57,6 +57,7 @@ class MultiRowInsert:
         self._pieces = pieces  # the VALUES group cut at its placeholders
         self._tail = tail  # ON CONFLICT, RETURNING: once per statement, as written
         self._order = order  # per placeholder, its index in a row's values
+        self._in_order = order == tuple(range(len(order)))  # a row's values in column order
         self._texts: dict[int, str] = {}  # by rows: only ladder sizes, so a few
         self.copy_sql = _copy_sql(head, pieces, tail)  # None: not plain values
 
@@ -83,7 +84,7 @@ class MultiRowInsert:
         statements in one pipeline. Returns the rows inserted (fewer than given when ON
         CONFLICT DO NOTHING skips)."""
         if self.copies(len(rows)):
-            return self._copy(connection, rows)
+            return self.copy(connection, rows)
         cursors = []
         start = 0
         with connection.pipeline():
@@ -96,26 +97,17 @@ class MultiRowInsert:
         return sum(cursor.rowcount for cursor in cursors)
 
     def copies(self, count: int) -> bool:
-        """Whether ``run`` sends ``count`` rows as a COPY (their values as text)."""
+        """Whether ``count`` rows go as a COPY (``run`` sends them so, as text)."""
         return self.copy_sql is not None and count >= COPY_FROM_ROWS
 
-    def copy_binary(
-        self,
-        connection: psycopg.Connection[Any],
-        rows: Sequence[Sequence[Any]],
-        types: Sequence[str],
-    ) -> int:
-        """Insert ``rows`` as one binary COPY, each value of the PostgreSQL type named in
-        ``types`` (in a row's order); the caller has checked ``copies``."""
-        assert self.copy_sql is not None
-        return self._copy(connection, rows, types)
-
-    def _copy(
+    def copy(
         self,
         connection: psycopg.Connection[Any],
         rows: Sequence[Sequence[Any]],
         types: Sequence[str] | None = None,
     ) -> int:
+        """Insert ``rows`` as one COPY: text, or binary with each value of the PostgreSQL
+        type named in ``types`` (in a row's order). The caller has checked ``copies``."""
         assert self.copy_sql is not None
         order = self._order
         sql = self.copy_sql if types is None else f"{self.copy_sql} (FORMAT BINARY)"
@@ -123,7 +115,7 @@ class MultiRowInsert:
             with cursor.copy(sql) as copy:
                 if types is not None:
                     copy.set_types([types[index] for index in order])
-                if order == tuple(range(len(order))):  # a row's values are in column order
+                if self._in_order:
                     for row in rows:
                         copy.write_row(row)
                 else:
