@@ -26,7 +26,10 @@ The rule effects run in the relay: per rule its actions through the write path (
 update + audit, or task + audit), its outbox events and its automation_runs row, written
 at the batch's end by the deferred-write buffer; the events the rules cause
 (case.updated, case.task_added) are relayed too. Total = from the first transition until
-every event is relayed.
+every event is relayed. Printed with it: the CPU time each part used over the run (this
+process, each relay process and, on a PostgreSQL server on this machine, its processes as
+/proc shows them), and how long a plain Python loop takes here: together they tell a
+busier or slower machine from a slower careloop.
 
 raw baseline (timed the same way, same T threads on PostgreSQL, one thread on SQLite):
 copies of cases, case_history, tasks, audit_log and outbox as they were before the timed
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -220,10 +224,12 @@ def relay_until_idle(app: Any, threads: int, batch: int | None = None) -> int:
 
 
 def _relay_process(url: str, batch: int | None, idle: Any, index: int, ready: Any, go: Any,
-                   fed: Any, results: Any) -> None:
+                   fed: Any, results: Any, release: Any) -> None:
     """One `careloop worker`-like process: relay loops, from the start signal until the
     transitions are all committed (``fed``) and nothing is claimable by anyone (``idle``
-    holds every process's last claim: 1 = it found nothing)."""
+    holds every process's last claim: 1 = it found nothing). It reports its CPU time and
+    keeps its database sessions open until ``release``, so that the parent can read what
+    they used."""
     try:
         from careloop.bootstrap import build_worker, settle_heap
         from careloop.engine.outbox import relay_once
@@ -242,6 +248,7 @@ def _relay_process(url: str, batch: int | None, idle: Any, index: int, ready: An
             raise RuntimeError("the outbox listener did not connect")
         ready.put(index)
         go.wait()
+        cpu = time.process_time()
         total, finished = 0, time.perf_counter()
         while True:
             wake.clear()  # before the claim: an event committed during it still wakes us
@@ -264,10 +271,11 @@ def _relay_process(url: str, batch: int | None, idle: Any, index: int, ready: An
         stop.set()
         # When its last batch that relayed something ended, not its last idle poll
         # (CLOCK_MONOTONIC: one clock per machine).
-        results.put(("ok", total, finished))
+        results.put(("ok", total, finished, time.process_time() - cpu))
+        release.wait(60)
         app.engine.dispose()
     except Exception as error:  # reported to the parent, which fails the run
-        results.put(("error", repr(error), 0.0))
+        results.put(("error", repr(error), 0.0, 0.0))
 
 
 class RelayProcesses:
@@ -279,26 +287,31 @@ class RelayProcesses:
 
         ctx = mp.get_context("spawn")
         self.ready, self.results = ctx.Queue(), ctx.Queue()
-        self.go, self.fed = ctx.Event(), ctx.Event()
+        self.go, self.fed, self.release = ctx.Event(), ctx.Event(), ctx.Event()
         idle = ctx.Array("i", [0] * processes)
         self.procs = [ctx.Process(target=_relay_process, daemon=True, args=(
-            url, batch, idle, i, self.ready, self.go, self.fed, self.results))
+            url, batch, idle, i, self.ready, self.go, self.fed, self.results, self.release))
             for i in range(processes)]
         for proc in self.procs:
             proc.start()
         for _ in self.procs:
             self.ready.get(timeout=120)
 
-    def finish(self) -> tuple[int, float]:
-        """After the transitions: (events relayed, when the last process went idle)."""
+    def finish(self) -> tuple[int, float, list[float]]:
+        """After the transitions: (events relayed, when the last process went idle, each
+        process's CPU seconds). Their database sessions stay open until ``close``."""
         self.fed.set()
         outcomes = [self.results.get(timeout=600) for _ in self.procs]
-        for proc in self.procs:
-            proc.join(timeout=30)
         failed = [o[1] for o in outcomes if o[0] == "error"]
         if failed:
+            self.close()
             raise RuntimeError(f"a relay process failed: {failed[0]}")
-        return sum(o[1] for o in outcomes), max(o[2] for o in outcomes)
+        return sum(o[1] for o in outcomes), max(o[2] for o in outcomes), [o[3] for o in outcomes]
+
+    def close(self) -> None:
+        self.release.set()
+        for proc in self.procs:
+            proc.join(timeout=30)
 
 
 def setup_careloop(url: str, referrals: int, threads: int) -> tuple[Any, list[tuple[int, int]]]:
@@ -340,6 +353,9 @@ def run_careloop(app: Any, cases: list[tuple[int, int]], threads: int, relay_thr
     before = counts(app)
     relays = RelayProcesses(url, relay_processes, relay_batch) if relay_processes else None
     settle_heap()  # this process serves the moves, as `careloop serve` does after start-up
+    on_postgres = app.engine.dialect.name == "postgresql"
+    cpu = {"serving": time.process_time(),
+           "postgres": c.postgres_cpu_seconds() if on_postgres else None}
     t0 = time.perf_counter()
     if relays is not None:
         relays.go.set()
@@ -352,17 +368,28 @@ def run_careloop(app: Any, cases: list[tuple[int, int]], threads: int, relay_thr
     t1 = time.perf_counter()
     spent = None  # statement times: seen only for relays in this process
     if relays is not None:
-        relayed, t2 = relays.finish()
+        relayed, t2, cpu["relays"] = relays.finish()
+        _spent_since(cpu)
+        relays.close()
     else:
         prefixes = {"claim": "SELECT outbox.id", "savepoint": "SAVEPOINT"}
         with StatementClock(app.engine, prefixes) as statements:
             relayed = relay_until_idle(app, relay_threads, relay_batch)
             t2 = time.perf_counter()
         spent = statements.spent
+        _spent_since(cpu)
     after = counts(app)
     return {"transitions": t1 - t0, "relay": t2 - t1, "total": t2 - t0, "latencies": latencies,
             "relayed": relayed, "written": {t: after[t] - before[t] for t in COUNTED},
-            "statements": spent}
+            "statements": spent, "cpu": cpu}
+
+
+def _spent_since(cpu: dict[str, Any]) -> None:
+    """``cpu``'s start readings replaced by what was used since (this process: the moves
+    and, without relay processes, the relay threads; PostgreSQL: every open session)."""
+    cpu["serving"] = time.process_time() - cpu["serving"]
+    started, now = cpu["postgres"], c.postgres_cpu_seconds()
+    cpu["postgres"] = None if started is None or now is None else now - started
 
 
 def check_effects(app: Any, cases: list[tuple[int, int]]) -> list[str]:
@@ -551,6 +578,7 @@ def report(ours: dict[str, Any], raw: dict[str, Any], referrals: int, threads: i
                f"{savepoints[1]:.2f} s ({savepoints[0]:,}; RELEASE not counted)")
     c.target_line("careloop total, target < 1 s", ours["total"] < 1.0,
                   f"{ours['total']:.2f} s")
+    c.line("   CPU it used (core-seconds)", _cpu_text(ours["cpu"], ours["total"]))
     written = ", ".join(f"{t} {n:,}" for t, n in ours["written"].items() if n)
     c.line("   rows careloop wrote (net)", written)
     label = f"raw {backend}: 1 tx per referral, 14 rows"
@@ -559,6 +587,21 @@ def report(ours: dict[str, Any], raw: dict[str, Any], referrals: int, threads: i
                  higher_is_better=False)
     c.ratio_line("throughput careloop / raw", referrals / ours["total"],
                  referrals / raw["total"])
+
+
+def _cpu_text(cpu: dict[str, Any], wall: float) -> str:
+    """Where the CPU went: with the cores all busy, the total is what a faster run needs
+    less of (a run that waited instead would show idle cores)."""
+    parts = []
+    if "relays" in cpu:
+        parts.append("relay processes " + " + ".join(f"{s:.2f}" for s in cpu["relays"]))
+    parts.append(f"this process {cpu['serving']:.2f}")
+    if cpu["postgres"] is not None:
+        parts.append(f"PostgreSQL {cpu['postgres']:.2f}")
+    used = sum(cpu.get("relays", ())) + cpu["serving"] + (cpu["postgres"] or 0.0)
+    cores = os.cpu_count() or 1
+    return (f"{', '.join(parts)}; {used:.2f} in all, "
+            f"{100 * used / (wall * cores):.0f} % of {cores} CPUs over the run")
 
 
 def bench_postgres(referrals: int, threads: int, relay_threads: int,
@@ -620,6 +663,7 @@ def main() -> None:
     args = c.parse_args(__doc__, parser)
     referrals = args.referrals or (100 if args.quick else 1_000)
     c.header("automation end to end: transitions + rule effects vs raw writes")
+    c.line("machine: a pure-Python loop of 10 M additions", f"{c.python_speed():.2f} s")
     if args.backend in ("postgres", "both"):
         bench_postgres(referrals, args.threads, args.relay_threads, args.relay_batch,
                        args.single, args.relay_processes)
