@@ -113,26 +113,34 @@ def python_speed() -> float:
     return time.perf_counter() - t0
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (Linux /proc); NaN elsewhere or once it has ended."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def postgres_cpu_seconds() -> float | None:
-    """CPU time (user + system) used so far by every running process named postgres, read
-    from /proc; None where that cannot be seen (not Linux, or the server is elsewhere).
-    Sessions that have ended are not counted: read it while they are still open."""
+    """CPU time used so far by every running process named postgres; None where that
+    cannot be seen (not Linux, or the server is elsewhere). Sessions that have ended are
+    not counted: read it while they are still open."""
     proc = Path("/proc")
     if not proc.is_dir():
         return None
-    ticks, seen = 0, False
+    used: list[float] = []
     for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
         try:
-            if (entry / "comm").read_text().strip() != "postgres":
+            if not entry.name.isdigit() or (entry / "comm").read_text().strip() != "postgres":
                 continue
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # the process ended meanwhile
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-        seen = True
-    return ticks / os.sysconf("SC_CLK_TCK") if seen else None
+        seconds = process_cpu_seconds(int(entry.name))
+        if seconds == seconds:  # not NaN: it had not ended yet
+            used.append(seconds)
+    return sum(used) if used else None
+
 
 # --- databases ---------------------------------------------------------------------
 

@@ -353,9 +353,7 @@ def run_careloop(app: Any, cases: list[tuple[int, int]], threads: int, relay_thr
     before = counts(app)
     relays = RelayProcesses(url, relay_processes, relay_batch) if relay_processes else None
     settle_heap()  # this process serves the moves, as `careloop serve` does after start-up
-    on_postgres = app.engine.dialect.name == "postgresql"
-    cpu = {"serving": time.process_time(),
-           "postgres": c.postgres_cpu_seconds() if on_postgres else None}
+    started = _cpu_readings(app)
     t0 = time.perf_counter()
     if relays is not None:
         relays.go.set()
@@ -368,8 +366,8 @@ def run_careloop(app: Any, cases: list[tuple[int, int]], threads: int, relay_thr
     t1 = time.perf_counter()
     spent = None  # statement times: seen only for relays in this process
     if relays is not None:
-        relayed, t2, cpu["relays"] = relays.finish()
-        _spent_since(cpu)
+        relayed, t2, relay_cpu = relays.finish()
+        cpu = {**_cpu_spent(app, started), "relays": relay_cpu}
         relays.close()
     else:
         prefixes = {"claim": "SELECT outbox.id", "savepoint": "SAVEPOINT"}
@@ -377,19 +375,25 @@ def run_careloop(app: Any, cases: list[tuple[int, int]], threads: int, relay_thr
             relayed = relay_until_idle(app, relay_threads, relay_batch)
             t2 = time.perf_counter()
         spent = statements.spent
-        _spent_since(cpu)
+        cpu = _cpu_spent(app, started)
     after = counts(app)
     return {"transitions": t1 - t0, "relay": t2 - t1, "total": t2 - t0, "latencies": latencies,
             "relayed": relayed, "written": {t: after[t] - before[t] for t in COUNTED},
             "statements": spent, "cpu": cpu}
 
 
-def _spent_since(cpu: dict[str, Any]) -> None:
-    """``cpu``'s start readings replaced by what was used since (this process: the moves
-    and, without relay processes, the relay threads; PostgreSQL: every open session)."""
-    cpu["serving"] = time.process_time() - cpu["serving"]
-    started, now = cpu["postgres"], c.postgres_cpu_seconds()
-    cpu["postgres"] = None if started is None or now is None else now - started
+def _cpu_readings(app: Any) -> tuple[float, float | None]:
+    """CPU time used so far by this process and (on PostgreSQL) the server's processes."""
+    on_postgres = app.engine.dialect.name == "postgresql"
+    return time.process_time(), c.postgres_cpu_seconds() if on_postgres else None
+
+
+def _cpu_spent(app: Any, started: tuple[float, float | None]) -> dict[str, Any]:
+    """What was used since ``started``: this process (the moves and, without relay
+    processes, the relay threads) and PostgreSQL (every session still open)."""
+    serving, postgres = _cpu_readings(app)
+    used = None if postgres is None or started[1] is None else postgres - started[1]
+    return {"serving": serving - started[0], "postgres": used}
 
 
 def check_effects(app: Any, cases: list[tuple[int, int]]) -> list[str]:

@@ -33,7 +33,6 @@ import asyncio
 import json
 import logging
 import multiprocessing as mp
-import os
 import socket
 import sqlite3
 import sys
@@ -131,15 +130,6 @@ def _wait_listening(port: int, proc: Any, timeout: float = 60) -> None:
     raise RuntimeError(f"server on port {port} did not start in {timeout} s")
 
 
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (Linux /proc); NaN elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return float("nan")
-
-
 # --- client -----------------------------------------------------------------------------
 
 
@@ -218,12 +208,12 @@ class Side:
         self.backlogs.append((backlog, time.perf_counter() - t0, left))
 
     def round(self, clients: int, warmup: float, seconds: float) -> None:
-        cpu0, client0 = _cpu_seconds(self.proc.pid), time.process_time()
+        cpu0, client0 = c.process_cpu_seconds(self.proc.pid), time.process_time()
         # CPU is sampled over warm-up + measured window; the ratio is what matters.
         latencies, statuses = asyncio.run(
             _load(self.port, self.requests, clients, warmup, seconds))
         wall = warmup + seconds
-        self.server_cpu += (_cpu_seconds(self.proc.pid) - cpu0) / wall * seconds
+        self.server_cpu += (c.process_cpu_seconds(self.proc.pid) - cpu0) / wall * seconds
         self.client_cpu += (time.process_time() - client0) / wall * seconds
         self.latencies += latencies
         self.seconds += seconds
