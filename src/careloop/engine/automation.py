@@ -24,6 +24,7 @@ from careloop.domain.matching import PatientMatcher
 from careloop.domain.referral import lookup
 from careloop.domain.rules import EVENT_TRIGGERS, Rule, RuleSet, TriggerKind
 from careloop.engine.actions import ActionContext, automation_actor, run_actions
+from careloop.engine.caused import CausedEvents
 from careloop.engine.duplicates import detect_duplicates
 from careloop.engine.runs import apply_once, new_run
 from careloop.engine.timers import (
@@ -145,14 +146,17 @@ class Automation:
             return case
         activation = case.activation(now)  # one per event: conditions share its conversion
         verdicts: Verdicts = {}
+        caused = CausedEvents(depth + 1, str(event["idempotency_key"]))
         for rule in candidates:
             version = case.version
             case = self._run_rule(
-                work, config, ruleset, rule, case, event, depth, now, activation, verdicts
+                work, config, ruleset, rule, case, event, depth, now, activation, verdicts, caused
             )
+            caused.take(case, rule.key)
             if case.version != version:
                 activation = case.activation(now)  # a rule changed the case: later rules see it
                 verdicts = {}
+        caused.publish(work, case, now)
         return case
 
     def _run_rule(
@@ -167,6 +171,7 @@ class Automation:
         now: datetime,
         activation: dict[str, object],
         verdicts: Verdicts,
+        caused: CausedEvents,
     ) -> Case:
         event_key = str(event["idempotency_key"])
         inputs, passed, problem = _evaluate(rule.condition, activation, verdicts)
@@ -189,12 +194,9 @@ class Automation:
             run_key=f"{event_key}:{rule.key}",
             enqueue_webhook=self._webhooks.enqueue_custom,
         )
-        cause = {"depth": depth + 1, "rule": rule.key, "event": event_key}
 
         def effects() -> list[dict[str, Any]]:
-            results = run_actions(context, rule.actions)
-            publish_events(work, case, now, cause)
-            return results
+            return run_actions(context, rule.actions)  # its events wait in case.events
 
         try:
             if not apply_once(work, run, effects):
@@ -208,6 +210,7 @@ class Automation:
             case = work.cases.get(case.id)
             run.update(outcome="failed", error=f"{error.code}: {error}", results=[])
             if work.automation.record_run(run):
+                caused.publish(work, case, now)  # the earlier rules' events come first
                 self._exception_task(
                     work, case, f"Automation rule {rule.key} failed: {error}", rule.key, now
                 )

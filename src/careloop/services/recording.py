@@ -3,12 +3,14 @@ transaction. They never commit."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from careloop.domain.access import Actor
 from careloop.domain.audit import AuditRecord
 from careloop.domain.case import Case
+from careloop.domain.events import Event
 from careloop.services.deps import Deps
 from careloop.services.ports import UnitOfWork
 
@@ -87,7 +89,19 @@ def publish_events(
     ``cause`` marks events an automation rule caused (its rule and chain depth), which
     bounds rule chains and explains the event later.
     """
-    for index, event in enumerate(case.events):
+    publish_caused(uow, case, at, [(event, cause) for event in case.events])
+    case.events.clear()
+
+
+def publish_caused(
+    uow: UnitOfWork,
+    case: Case,
+    at: datetime,
+    events: Sequence[tuple[Event, dict[str, Any] | None]],
+) -> None:
+    """Put ``events`` of ``case``, each with its own cause (see publish_events), into
+    the outbox."""
+    for index, (event, cause) in enumerate(events):
         payload = {
             "case_id": case.id,
             "case_type": case.case_type,
@@ -100,7 +114,6 @@ def publish_events(
         unique = event.key or f"v{case.version}:{index}"
         key = f"case:{case.id}:{unique}:{event.type}"
         uow.outbox.add(case.id, event.type, payload, key, at)
-    case.events.clear()
 
 
 def store_notification(
