@@ -122,14 +122,15 @@ def process_cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
-def postgres_cpu_seconds() -> float | None:
-    """CPU time used so far by every running process named postgres; None where that
-    cannot be seen (not Linux, or the server is elsewhere). Sessions that have ended are
-    not counted: read it while they are still open."""
+def postgres_cpu_seconds() -> dict[int, float] | None:
+    """CPU time used so far by each running process named postgres, by pid; None where
+    that cannot be seen (not Linux, or the server is elsewhere). Sessions that have ended
+    are not there: read it while they are still open, and compare readings with
+    ``postgres_cpu_spent``."""
     proc = Path("/proc")
     if not proc.is_dir():
         return None
-    used: list[float] = []
+    used: dict[int, float] = {}
     for entry in proc.iterdir():
         try:
             if not entry.name.isdigit() or (entry / "comm").read_text().strip() != "postgres":
@@ -138,8 +139,18 @@ def postgres_cpu_seconds() -> float | None:
             continue  # the process ended meanwhile
         seconds = process_cpu_seconds(int(entry.name))
         if seconds == seconds:  # not NaN: it had not ended yet
-            used.append(seconds)
-    return sum(used) if used else None
+            used[int(entry.name)] = seconds
+    return used or None
+
+
+def postgres_cpu_spent(before: dict[int, float] | None,
+                       after: dict[int, float] | None) -> float | None:
+    """What the server's processes used between two readings: by the processes still
+    running at the second (one started since counts from zero), so a session that ended
+    in between takes nothing away."""
+    if before is None or after is None:
+        return None
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
 # --- databases ---------------------------------------------------------------------
@@ -238,15 +249,15 @@ def line(label: str, value: str) -> None:
 
 
 def ratio_line(label: str, careloop: float, baseline: float, *, higher_is_better: bool = True,
-               target_pct: float | None = None) -> None:
+               target_pct: float | None = None, baseline_name: str = "raw") -> None:
     """careloop as a percentage of the baseline (throughput) or a multiple (latency)."""
     if higher_is_better:
         pct = 100.0 * careloop / baseline if baseline else float("nan")
-        text = f"{pct:.1f} % of raw"
+        text = f"{pct:.1f} % of {baseline_name}"
         if target_pct is not None:
             text += f"   (target >= {target_pct:.0f} %: {'met' if pct >= target_pct else 'MISSED'})"
     else:
-        text = f"{careloop / baseline:.2f}x raw" if baseline else "n/a"
+        text = f"{careloop / baseline:.2f}x {baseline_name}" if baseline else "n/a"
     line(label, text)
 
 

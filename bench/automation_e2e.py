@@ -37,6 +37,15 @@ run (same columns, indexes and rows; a second schema, or a copy of the SQLite fi
 referral ONE transaction through the bare driver (psycopg 3 or sqlite3 with careloop's
 pragmas): UPDATE the case (state, version, data), INSERT its history row, INSERT ten
 effect rows (tasks), INSERT one audit row and one outbox row, COMMIT.
+
+floor (PostgreSQL, timed the same way, same T threads, on a third schema): every row
+careloop wrote in the timed run, as many of each per referral, written by hand the way
+careloop batches them: per 200 referrals one transaction for the move (cases UPDATEd,
+history, its audit row and pending event COPYed) and one for the rules' effects (cases
+UPDATEd again, the old SLA timers cancelled and new ones COPYed, tasks, rule runs, audit
+rows and events COPYed, the move's events marked published). No rule, hash, JSON or
+check is computed: what is left of careloop's time above it is its own work, and where it
+is near 1 s the target is out of this machine's reach for any code writing these rows.
 """
 
 from __future__ import annotations
@@ -105,6 +114,7 @@ rules:
 """
 RULE_COUNT, TASK_RULES, FIELD_RULES = 10, 5, 5
 COPIED = ("cases", "case_history", "tasks", "audit_log", "outbox")
+FLOOR_COPIED = (*COPIED, "automation_runs", "timers")
 COUNTED = ("cases", "case_history", "tasks", "audit_log", "outbox", "automation_runs",
            "timers", "notifications")
 
@@ -382,18 +392,17 @@ def run_careloop(app: Any, cases: list[tuple[int, int]], threads: int, relay_thr
             "statements": spent, "cpu": cpu}
 
 
-def _cpu_readings(app: Any) -> tuple[float, float | None]:
+def _cpu_readings(app: Any) -> tuple[float, dict[int, float] | None]:
     """CPU time used so far by this process and (on PostgreSQL) the server's processes."""
     on_postgres = app.engine.dialect.name == "postgresql"
     return time.process_time(), c.postgres_cpu_seconds() if on_postgres else None
 
 
-def _cpu_spent(app: Any, started: tuple[float, float | None]) -> dict[str, Any]:
+def _cpu_spent(app: Any, started: tuple[float, dict[int, float] | None]) -> dict[str, Any]:
     """What was used since ``started``: this process (the moves and, without relay
     processes, the relay threads) and PostgreSQL (every session still open)."""
     serving, postgres = _cpu_readings(app)
-    used = None if postgres is None or started[1] is None else postgres - started[1]
-    return {"serving": serving - started[0], "postgres": used}
+    return {"serving": serving - started[0], "postgres": c.postgres_cpu_spent(started[1], postgres)}
 
 
 def check_effects(app: Any, cases: list[tuple[int, int]]) -> list[str]:
@@ -538,22 +547,136 @@ def run_raw_sqlite(path: Path, cases: list[tuple[int, int]]) -> dict[str, Any]:
 
 
 @contextmanager
-def raw_pg_copy(url: str) -> Iterator[str]:
-    """A second schema with copies of the written tables and their rows (as they are
-    before the timed run)."""
+def raw_pg_copy(url: str, tables: tuple[str, ...] = COPIED,
+                prefix: str = "bench_e2e_raw") -> Iterator[str]:
+    """Another schema with copies of ``tables`` and their rows (as they are before the
+    timed run)."""
     import psycopg
 
     source = url.rsplit("%3D", 1)[1]
-    with c.pg_schema("bench_e2e_raw") as raw_url:
+    with c.pg_schema(prefix) as raw_url:
         target = raw_url.rsplit("%3D", 1)[1]
         with psycopg.connect(c.pg_conninfo(url), autocommit=True) as connection:
-            for table in COPIED:
+            for table in tables:
                 connection.execute(f'CREATE TABLE "{target}".{table} '
                                    f'(LIKE "{source}".{table} INCLUDING ALL)')
                 connection.execute(f'INSERT INTO "{target}".{table} '
                                    f'SELECT * FROM "{source}".{table}')
                 connection.execute(f'ANALYZE "{target}".{table}')
         yield raw_url
+
+
+class FloorWriter:
+    """careloop's rows for a bulk move of referrals, written by hand (see the module's
+    docstring): ``per`` holds how many rows of each table careloop wrote per referral."""
+
+    def __init__(self, per: dict[str, int], chain: int) -> None:
+        self.per, self.chain, self.seq = per, chain, 0
+        self.data = json.dumps({**c.referral_payload(0), "queue": "documentation-review",
+                                "team": "intake-team", "priority": "high"})
+
+    def _audit(self, copy: Any, case_id: int, now: datetime, action: str) -> None:
+        self.seq += 1
+        copy.write_row((self.chain, self.seq, now, 0, "automation:bench", action, "success",
+                        case_id, f"MRN{case_id}", "administrative", "", "", '{"fields":["queue"]}',
+                        "0" * 64, "f" * 64))
+
+    def move(self, cursor: Any, batch: list[tuple[int, int]], now: datetime) -> None:
+        cursor.executemany(
+            "UPDATE cases SET state = %s, version = version + 1, data = %s, updated_at = %s, "
+            "state_entered_at = %s WHERE id = %s AND version = %s",
+            [("documentation_review", self.data, now, now, i, v) for i, v in batch])
+        with cursor.copy("COPY case_history (case_id, from_state, to_state, transition, "
+                         "actor_id, actor_name, reason, occurred_at) FROM STDIN") as copy:
+            for i, _ in batch:
+                copy.write_row((i, "intake_received", "documentation_review", "begin_review",
+                                1, "bench", "", now))
+        with cursor.copy(_FLOOR_AUDIT) as copy:
+            for i, _ in batch:
+                self._audit(copy, i, now, "case.transition")
+        with cursor.copy(_FLOOR_OUTBOX) as copy:
+            for i, _ in batch:
+                copy.write_row((i, "case.transitioned", '{"to":"documentation_review"}',
+                                f"floor:{i}:moved", now, now, 0, None))
+
+    def effects(self, cursor: Any, ids: list[int], now: datetime) -> None:
+        per = self.per
+        cursor.executemany("UPDATE cases SET version = version + 1, data = %s, updated_at = %s "
+                           "WHERE id = %s", [(self.data, now, i) for i in ids])
+        cursor.execute("UPDATE timers SET status = 'cancelled', fired_at = %s "
+                       "WHERE case_id = ANY(%s) AND status = 'pending'", (now, ids))
+        with cursor.copy("COPY timers (case_id, kind, key, name, due_at, status, payload, "
+                         "created_at) FROM STDIN") as copy:
+            for i in ids:
+                for n in range(per["timers"]):
+                    copy.write_row((i, "sla", f"floor:{i}:{n}", f"sla-{n}", now, "pending",
+                                    '{"state":"documentation_review"}', now))
+        with cursor.copy("COPY tasks (case_id, title, status, created_by, created_at, due_at) "
+                         "FROM STDIN") as copy:
+            for i in ids:
+                for n in range(per["tasks"]):
+                    copy.write_row((i, f"Rule task {n}", "open", 0, now, now))
+        with cursor.copy("COPY automation_runs (case_id, event_key, event_type, rule_key, "
+                         "ruleset_key, ruleset_version, depth, outcome, inputs, results, "
+                         "created_at) FROM STDIN") as copy:
+            for i in ids:
+                for n in range(per["automation_runs"]):
+                    copy.write_row((i, f"floor:{i}:moved", "case.transitioned", f"rule-{n}",
+                                    "referral-automation", 90001, 0, "applied",
+                                    '{"clinic":"riverside-clinic"}',
+                                    '[{"action":"set_field","field":"queue","changed":true}]',
+                                    now))
+        with cursor.copy(_FLOOR_AUDIT) as copy:
+            for i in ids:
+                for _ in range(per["audit_log"] - 1):
+                    self._audit(copy, i, now, "case.update")
+        with cursor.copy(_FLOOR_OUTBOX) as copy:
+            for i in ids:
+                for n in range(per["outbox"] - 1):
+                    copy.write_row((i, "case.updated", '{"fields":["queue"],"before":{}}',
+                                    f"floor:{i}:{n}", now, now, 0, now))
+        cursor.execute("UPDATE outbox SET published_at = %s, attempts = attempts + 1 "
+                       "WHERE idempotency_key = ANY(%s)", (now, [f"floor:{i}:moved" for i in ids]))
+
+
+_FLOOR_AUDIT = ("COPY audit_log (chain, seq, occurred_at, actor_id, actor_name, action, outcome, "
+                "case_id, patient_ref, data_category, source_address, reason, detail, prev_hash, "
+                "hash) FROM STDIN")
+_FLOOR_OUTBOX = ("COPY outbox (case_id, event_type, payload, idempotency_key, created_at, "
+                 "available_at, attempts, published_at) FROM STDIN")
+
+
+def run_floor_pg(url: str, cases: list[tuple[int, int]], threads: int,
+                 written: dict[str, int]) -> dict[str, Any]:
+    import psycopg
+
+    per = {table: round(written[table] / len(cases)) for table in FLOOR_COPIED[1:]}
+    local = threading.local()
+    chains = iter(range(2000, 3000))
+    connections: list[Any] = []
+
+    def step(batch: list[tuple[int, int]]) -> None:
+        if not hasattr(local, "connection"):
+            local.connection = psycopg.connect(c.pg_conninfo(url))
+            local.writer = FloorWriter(per, next(chains))
+            connections.append(local.connection)
+        now = datetime.now(UTC)
+        cursor = local.connection.cursor()
+        local.writer.move(cursor, batch, now)
+        local.connection.commit()
+        local.writer.effects(cursor, [i for i, _ in batch], now)
+        local.connection.commit()
+
+    batches = [cases[i:i + BULK] for i in range(0, len(cases), BULK)]
+    client, server = time.process_time(), c.postgres_cpu_seconds()
+    t0 = time.perf_counter()
+    _in_threads(threads, batches, step)
+    total = time.perf_counter() - t0
+    client, server_after = time.process_time() - client, c.postgres_cpu_seconds()
+    for connection in connections:  # after the reading: a closed session is not counted
+        connection.close()
+    postgres = c.postgres_cpu_spent(server, server_after)
+    return {"total": total, "per": per, "client": client, "postgres": postgres}
 
 
 def raw_sqlite_copy(path: Path, target: Path) -> None:
@@ -619,16 +742,26 @@ def bench_postgres(referrals: int, threads: int, relay_threads: int,
     with c.pg_schema("bench_e2e") as url:
         app, cases = setup_careloop(url, referrals, threads)
         try:
-            with raw_pg_copy(url) as raw_url:
+            with raw_pg_copy(url) as raw_url, \
+                    raw_pg_copy(url, FLOOR_COPIED, "bench_e2e_floor") as floor_url:
                 ours = run_careloop(app, cases, threads, relay_threads, relay_batch, single,
                                     relay_processes, url)
                 problems = check_effects(app, cases)
                 raw = run_raw_pg(raw_url, cases, threads)
+                floor = run_floor_pg(floor_url, cases, threads, ours["written"])
         finally:
             app.engine.dispose()
     relays = (f"{relay_processes} worker processes running throughout" if relay_processes
               else f"{relay_threads} threads started after them")
     report(ours, raw, referrals, threads, relays, "psycopg", single)
+    per = ", ".join(f"{t} {n}" for t, n in floor["per"].items())
+    c.line("floor: careloop's rows by hand, batched alike",
+           f"{floor['total']:.2f} s  (per referral: {per})")
+    if floor["postgres"] is not None:
+        c.line("   CPU it used (core-seconds)",
+               f"this process {floor['client']:.2f}, PostgreSQL {floor['postgres']:.2f}")
+    c.ratio_line("ratio careloop / floor (total time)", ours["total"], floor["total"],
+                 higher_is_better=False, baseline_name="floor")
     c.line("   effects check", "; ".join(problems) if problems else "all rule effects present")
 
 
