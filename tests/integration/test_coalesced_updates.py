@@ -70,12 +70,12 @@ def test_the_rules_of_one_event_publish_one_update_with_every_field_and_its_old_
   - key: set-queue
     trigger: {on: transitioned, to: documentation_review}
     actions: [{set_field: {field: queue, value: coalesce-queue}}]
-  - key: add-task
-    trigger: {on: transitioned, to: documentation_review}
-    actions: [{create_task: {title: "Check the documents"}}]
   - key: set-team
     trigger: {on: transitioned, to: documentation_review}
     actions: [{set_field: {field: team, value: coalesce-team}}]
+  - key: add-task
+    trigger: {on: transitioned, to: documentation_review}
+    actions: [{create_task: {title: "Check the documents"}}]
   - key: team-changed
     trigger: {on: field_changed, field: team, after: "case.team == 'coalesce-team'"}
     actions: [{create_task: {title: "Team changed"}}]
@@ -93,7 +93,7 @@ def test_the_rules_of_one_event_publish_one_update_with_every_field_and_its_old_
     assert update["automation"]["depth"] == 1
     assert caused[1]["automation"]["rule"] == "add-task"
     assert "rules" not in caused[1]["automation"]
-    # The field-change rule saw the one update and ran once.
+    # The field-change rule ran on the merged update, once.
     assert [r["outcome"] for r in _runs(app, case_id, "team-changed")] == ["applied"]
 
 

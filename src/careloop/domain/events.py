@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-T = TypeVar("T")
+T = TypeVar("T", bound=Hashable)
 UPDATED = "case.updated"
 
 
@@ -22,31 +22,48 @@ class Event:
 def coalesce_updates(
     events: Sequence[tuple[Event, T]], data: Mapping[str, Any]
 ) -> list[tuple[Event, list[T]]]:
-    """``events`` (each with what caused it) with their field changes as one
-    case.updated, where the first of them was, listing what caused each.
+    """``events`` (each with what caused it) with each run of consecutive case.updated
+    events as one, listing what caused the changes it keeps.
 
     Several rules reacting to one event each set a field: subscribers and field-change
     rules get one update with every field that ends up changed and its value before
-    the first change, as they would from one person's edit. A field set and set back
-    is left out, and an update left with no field is dropped. ``data`` is the case's
-    data after them all."""
-    updates = [cause for event, cause in events if event.type == UPDATED]
-    if len(updates) < 2:
-        return [(event, [cause]) for event, cause in events]
-    before: dict[str, Any] = {}
-    for event, _ in events:
-        if event.type == UPDATED:
-            for name, value in event.payload["before"].items():
-                before.setdefault(name, value)
-    fields = sorted(name for name, value in before.items() if data.get(name) != value)
-    merged = Event(UPDATED, {"fields": fields, "before": {n: before[n] for n in fields}})
+    the first change, as they would from one person's edit. Only updates with nothing
+    between them merge, so no change moves past a transition or a task. A field set and
+    set back is left out, and an update left with no field is dropped. ``data`` is the
+    case's data after all of ``events``."""
     coalesced: list[tuple[Event, list[T]]] = []
-    placed = False  # the merged update stands where the first update was
-    for event, cause in events:
-        if event.type != UPDATED:
-            coalesced.append((event, [cause]))
-        elif not placed:
-            placed = True
-            if fields:
-                coalesced.append((merged, list(dict.fromkeys(updates))))
+    run: list[tuple[Event, T]] = []
+    for position, (event, cause) in enumerate(events):
+        if event.type == UPDATED:
+            run.append((event, cause))
+            continue
+        coalesced.extend(_merge_run(run, events[position:], data))
+        run = []
+        coalesced.append((event, [cause]))
+    coalesced.extend(_merge_run(run, (), data))
     return coalesced
+
+
+def _merge_run(
+    run: list[tuple[Event, T]], later: Sequence[tuple[Event, T]], data: Mapping[str, Any]
+) -> list[tuple[Event, list[T]]]:
+    if len(run) < 2:
+        return [(event, [cause]) for event, cause in run]
+    before: dict[str, Any] = {}
+    for event, _ in run:
+        for name, value in event.payload["before"].items():
+            before.setdefault(name, value)
+
+    def after_run(name: str) -> Any:
+        # What a later update found the field at, else what the case holds now.
+        for event, _ in later:
+            if event.type == UPDATED and name in event.payload["before"]:
+                return event.payload["before"][name]
+        return data.get(name)
+
+    fields = sorted(name for name, value in before.items() if after_run(name) != value)
+    if not fields:
+        return []
+    causes = [cause for event, cause in run if not set(event.payload["fields"]).isdisjoint(fields)]
+    merged = Event(UPDATED, {"fields": fields, "before": {name: before[name] for name in fields}})
+    return [(merged, list(dict.fromkeys(causes)))]

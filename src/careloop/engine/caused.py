@@ -1,11 +1,12 @@
 """The events one event's rules cause, published together once its rules have run.
 
 Each rule's actions record their events on the case (a field set, a task added, a
-transition); they wait here, by the rule that caused them, until every rule the event
-matched has run, and go to the outbox as one batch: the field changes of all the rules
-as one case.updated (domain.events.coalesce_updates), the rest one by one in the order
-they happened. A rule that failed or had applied before left its events on a case
-that was discarded, so only applied rules' events are here.
+transition); they wait here, by the rule that caused them, until every rule of the
+rule set the event matched has run, and go to the outbox in the order they happened,
+each run of consecutive field changes as one case.updated (domain.events.
+coalesce_updates). A rule that failed or had applied before left its events on a case
+that was discarded, so only applied rules' events are here. Every event is published
+with the case's state and version after all the rules.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import datetime
 from careloop.domain.case import Case
 from careloop.domain.events import Event, coalesce_updates
 from careloop.services.ports import UnitOfWork
-from careloop.services.recording import publish_caused
+from careloop.services.recording import publish_each
 
 
 class CausedEvents:
@@ -35,7 +36,7 @@ class CausedEvents:
         if not self._events:
             return
         held, self._events = self._events, []
-        publish_caused(
+        publish_each(
             work,
             case,
             now,
@@ -49,5 +50,5 @@ class CausedEvents:
             "event": self._event_key,
         }
         if len(rules) > 1:
-            cause["rules"] = rules  # a coalesced update: every rule that set a field
+            cause["rules"] = rules  # a coalesced update: every rule whose change it keeps
         return cause

@@ -89,11 +89,11 @@ def publish_events(
     ``cause`` marks events an automation rule caused (its rule and chain depth), which
     bounds rule chains and explains the event later.
     """
-    publish_caused(uow, case, at, [(event, cause) for event in case.events])
+    publish_each(uow, case, at, [(event, cause) for event in case.events])
     case.events.clear()
 
 
-def publish_caused(
+def publish_each(
     uow: UnitOfWork,
     case: Case,
     at: datetime,
