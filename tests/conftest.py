@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from careloop.bootstrap import App, build, migrate
+from careloop.bootstrap import App, build, build_worker, migrate
 from careloop.config import Settings
 from careloop.domain.access import Actor, Role
+from careloop.engine.worker import Worker
 from careloop.services.ports import ManualClock
 
 PG_URL = os.environ.get("CARELOOP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -94,6 +95,14 @@ def app(database_url: str, clock: ManualClock) -> Iterator[App]:
     application = make_app(database_url, clock)
     yield application
     application.engine.dispose()
+
+
+@pytest.fixture
+def worker(app: App) -> Iterator[Worker]:
+    """The worker's handlers and loops over ``app``, as `careloop worker` builds them."""
+    runner = build_worker(app)
+    yield runner
+    runner.sender.close()  # type: ignore[attr-defined]
 
 
 @pytest.fixture

@@ -1,14 +1,13 @@
 """Automation rules on real SQLite and PostgreSQL: they fire once, explain themselves,
 stop runaway chains, and a bad rule set never replaces the active one."""
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
 from careloop.adapters.db.automation_tables import automation_runs
-from careloop.bootstrap import App, build_worker
+from careloop.bootstrap import App
 from careloop.domain.errors import DefinitionInvalid
 from careloop.engine.worker import Worker
 from careloop.services import automation_admin as admin
@@ -16,14 +15,7 @@ from careloop.services.cases import create_referral, transition_case, update_cas
 from careloop.services.ports import ManualClock
 from careloop.services.referral_input import ReferralChanges, validate_referral
 from tests.conftest import ADMIN, INTAKE, referral_payload
-from tests.support.governance import store_and_activate
-
-
-@pytest.fixture
-def worker(app: App) -> Iterator[Worker]:
-    runner = build_worker(app)
-    yield runner
-    runner.sender.close()  # type: ignore[attr-defined]
+from tests.support.governance import store_rules
 
 
 def _create(app: App, **overrides: Any) -> int:
@@ -44,14 +36,6 @@ def _version(app: App, case_id: int) -> int:
 def _tasks(app: App, case_id: int) -> list[str]:
     with app.deps.read_uow() as work:
         return [t["title"] for t in work.cases.tasks(case_id)]
-
-
-def _store_rules(app: App, rules: str, key: str = "test-rules", depth: int = 5) -> None:
-    text = (
-        f"kind: rules\nkey: {key}\nversion: 1\ncase_type: referral\n"
-        f"max_chain_depth: {depth}\nrules:\n{rules}"
-    )
-    store_and_activate(app, text, f"{key}.yaml")
 
 
 def test_a_new_referral_is_routed_to_the_least_loaded_specialist_and_the_run_is_logged(
@@ -139,7 +123,7 @@ def test_a_field_change_rule_compares_the_value_before_and_after(app: App, worke
 def test_a_rule_chain_stops_at_its_depth_limit_with_an_exception_task(
     app: App, worker: Worker
 ) -> None:
-    _store_rules(
+    store_rules(
         app,
         """
   - key: raise
@@ -167,7 +151,7 @@ def test_a_rule_chain_stops_at_its_depth_limit_with_an_exception_task(
 def test_a_rule_whose_action_cannot_apply_is_recorded_and_handed_to_a_person(
     app: App, worker: Worker
 ) -> None:
-    _store_rules(
+    store_rules(
         app,
         """
   - key: jump-to-triage
@@ -255,7 +239,7 @@ def test_sla_timers_follow_the_state_and_each_fires_once(
 def test_a_state_timer_rule_fires_after_business_days_unless_the_case_moved_on(
     app: App, worker: Worker, clock: ManualClock
 ) -> None:
-    _store_rules(
+    store_rules(
         app,
         """
   - key: chase-review

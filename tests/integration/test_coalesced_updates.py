@@ -1,31 +1,17 @@
 """The field changes that one event's rules make reach the outbox as one case.updated:
 what subscribers and field-change rules see, as after one person's edit."""
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from sqlalchemy import select
 
 from careloop.adapters.db.tables import outbox
-from careloop.bootstrap import App, build_worker
+from careloop.bootstrap import App
 from careloop.engine.worker import Worker
 from careloop.services.cases import create_referral, transition_case
 from careloop.services.referral_input import validate_referral
 from tests.conftest import INTAKE, referral_payload
-from tests.support.governance import store_and_activate
-
-
-@pytest.fixture
-def worker(app: App) -> Iterator[Worker]:
-    runner = build_worker(app)
-    yield runner
-    runner.sender.close()  # type: ignore[attr-defined]
-
-
-def _store_rules(app: App, rules: str) -> None:
-    text = f"kind: rules\nkey: test-rules\nversion: 1\ncase_type: referral\nrules:\n{rules}"
-    store_and_activate(app, text, "test-rules.yaml")
+from tests.support.governance import store_rules
 
 
 def _move_to_review(app: App, worker: Worker) -> int:
@@ -38,15 +24,22 @@ def _move_to_review(app: App, worker: Worker) -> int:
     return case.id
 
 
+def _outbox(app: App, case_id: int) -> list[Any]:
+    """The case's events as (type, payload, key), in the order they were published."""
+    with app.engine.connect() as connection:
+        return list(
+            connection.execute(
+                select(outbox.c.event_type, outbox.c.payload, outbox.c.idempotency_key)
+                .where(outbox.c.case_id == case_id)
+                .order_by(outbox.c.id)
+            ).all()
+        )
+
+
 def _caused_by_review(app: App, case_id: int) -> list[dict[str, Any]]:
     """The events the test rules caused on the case's move to documentation review, in
     order (the shipped rule set's activation publishes its own)."""
-    with app.engine.connect() as connection:
-        rows = connection.execute(
-            select(outbox.c.event_type, outbox.c.payload, outbox.c.idempotency_key)
-            .where(outbox.c.case_id == case_id)
-            .order_by(outbox.c.id)
-        ).all()
+    rows = _outbox(app, case_id)
     moved = next(key for kind, _, key in rows if kind == "case.transitioned")
     return [
         {"type": kind, **payload}
@@ -64,7 +57,7 @@ def _runs(app: App, case_id: int, rule_key: str) -> list[dict[str, Any]]:
 def test_the_rules_of_one_event_publish_one_update_with_every_field_and_its_old_value(
     app: App, worker: Worker
 ) -> None:
-    _store_rules(
+    store_rules(
         app,
         """
   - key: set-queue
@@ -100,7 +93,7 @@ def test_the_rules_of_one_event_publish_one_update_with_every_field_and_its_old_
 def test_a_field_set_and_set_back_by_the_rules_of_one_event_is_no_update(
     app: App, worker: Worker
 ) -> None:
-    _store_rules(
+    store_rules(
         app,
         """
   - key: raise
@@ -124,7 +117,7 @@ def test_a_field_set_and_set_back_by_the_rules_of_one_event_is_no_update(
 def test_a_failing_rule_keeps_the_events_of_the_rules_before_it_in_order(
     app: App, worker: Worker
 ) -> None:
-    _store_rules(
+    store_rules(
         app,
         """
   - key: set-queue
@@ -141,16 +134,11 @@ def test_a_failing_rule_keeps_the_events_of_the_rules_before_it_in_order(
 """,
     )
     case_id = _move_to_review(app, worker)
-    with app.engine.connect() as connection:
-        rows = connection.execute(
-            select(outbox.c.event_type, outbox.c.payload)
-            .where(outbox.c.case_id == case_id)
-            .order_by(outbox.c.id)
-        ).all()
-    moved = [kind for kind, _ in rows].index("case.transitioned")
+    rows = _outbox(app, case_id)
+    moved = [kind for kind, _, _ in rows].index("case.transitioned")
     after = [
         (kind, payload["automation"]["rule"], payload.get("fields"))
-        for kind, payload in rows[moved + 1 :]
+        for kind, payload, _ in rows[moved + 1 :]
         if payload["automation"]["rule"] != "missing-referral-letter"
     ]
     # The failed rule's change was rolled back with it and is in no event; the update

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from careloop.adapters.definitions import load_workflow_text, shipped_definitions
-from careloop.bootstrap import STEP_SOURCES, App, build_worker
+from careloop.bootstrap import STEP_SOURCES, App
 from careloop.cli import cli
 from careloop.domain.access import SYSTEM_ACTOR
 from careloop.domain.errors import (
@@ -46,13 +45,6 @@ rules:
 """
 ROUTING_V1 = dict(shipped_definitions("routing"))["careloop/definitions/routing.yaml"]
 WORKFLOW_V1 = dict(shipped_definitions())["careloop/definitions/referral.yaml"]
-
-
-@pytest.fixture
-def worker(app: App) -> Iterator[Worker]:
-    runner = build_worker(app)
-    yield runner
-    runner.sender.close()  # type: ignore[attr-defined]
 
 
 def _rules(version: int = 1, title: str = "Governed check") -> str:

@@ -29,6 +29,15 @@ def store_and_activate(
     return governance.approve_change(app.deps, app.automation, approver, change["id"])
 
 
+def store_rules(app: App, rules: str, key: str = "test-rules", depth: int = 5) -> None:
+    """Store and activate a referral rule set of ``rules`` (YAML list items)."""
+    text = (
+        f"kind: rules\nkey: {key}\nversion: 1\ncase_type: referral\n"
+        f"max_chain_depth: {depth}\nrules:\n{rules}"
+    )
+    store_and_activate(app, text, f"{key}.yaml")
+
+
 def activate(
     app: App,
     kind: str,
