@@ -406,7 +406,8 @@ def _cpu_spent(app: Any, started: tuple[float, dict[int, float] | None]) -> dict
 
 
 def check_effects(app: Any, cases: list[tuple[int, int]]) -> list[str]:
-    """Every referral moved, every rule applied once, nothing pending or dead."""
+    """Every referral moved, every rule applied once, its SLA clock replanned, nothing
+    pending or dead."""
     problems = []
     ids = [i for i, _ in cases]
     with app.engine.connect() as connection:
@@ -422,6 +423,11 @@ def check_effects(app: Any, cases: list[tuple[int, int]]) -> list[str]:
         other = scalar("SELECT count(*) FROM automation_runs WHERE outcome <> 'applied' "
                        f"AND event_type = 'case.transitioned' AND {span}")
         tasks = scalar(f"SELECT count(*) FROM tasks WHERE {span}")
+        # The SLA clock of the new state runs (its first step planned), the old one stopped.
+        clocks = scalar("SELECT count(*) FROM timers WHERE status = 'pending' AND kind = 'sla' "
+                        f"AND key LIKE 'sla:%:documentation_review:%' AND {span}")
+        stale = scalar("SELECT count(*) FROM timers WHERE status = 'pending' "
+                       f"AND key LIKE 'sla:%:intake_received:%' AND {span}")
         pending = scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
         failed = scalar("SELECT count(*) FROM outbox WHERE last_error IS NOT NULL")
         queue = scalar("SELECT count(*) FROM cases WHERE data LIKE '%documentation-review%'"
@@ -437,6 +443,9 @@ def check_effects(app: Any, cases: list[tuple[int, int]]) -> list[str]:
         problems.append(f"{other} rule runs not applied (skipped/failed/stopped)")
     if tasks != expected * TASK_RULES:
         problems.append(f"{tasks} tasks, expected {expected * TASK_RULES}")
+    if clocks != expected or stale:
+        problems.append(f"SLA timers: {clocks} pending in documentation_review (expected "
+                        f"{expected}), {stale} left pending from intake_received")
     if queue != expected:
         problems.append(f"{queue} referrals with queue set, expected {expected}")
     if pending or failed:

@@ -205,35 +205,66 @@ def test_sla_timers_follow_the_state_and_each_fires_once(
 ) -> None:
     case_id = _create(app, urgency="urgent")  # intake_received, urgent: 4 business hours
     worker.run_until_idle()
-    with app.deps.read_uow() as work:
-        planned = [t for t in work.timers.for_case(case_id) if t["kind"] == "sla"]
-    assert [t["name"] for t in planned] == ["warn", "breach", "escalate"]
+    # One step at a time: the warning first; each step plans the next as it fires.
+    assert _sla_timers(app, case_id) == [("warn", "pending", "2026-03-02T16:00:00+00:00")]
+    clock.advance(hours=3, minutes=30)  # 12:30 UTC: the clinic has not opened yet
+    worker.run_until_idle()
+    assert _sla_timers(app, case_id) == [("warn", "pending", "2026-03-02T16:00:00+00:00")]
+    clock.advance(hours=3, minutes=30)  # 16:00 UTC, 3 business hours: 75% of 4
+    worker.run_until_idle()
+    worker.run_until_idle()
     # Monday 09:00 UTC is 04:00 in New York: the clock starts at 08:00 local (13:00 UTC).
-    assert planned[1]["due_at"].isoformat() == "2026-03-02T17:00:00+00:00"
+    assert _sla_timers(app, case_id) == [
+        ("warn", "fired", "2026-03-02T16:00:00+00:00"),
+        ("breach", "pending", "2026-03-02T17:00:00+00:00"),
+    ]
+    # The intake event seen again (replayed from the dead letters) replans the state it
+    # entered: the step planned since stays, the one fired is not planned again.
+    with app.deps.uow() as work:
+        created = next(
+            e for e in work.outbox.for_case(case_id) if e["event_type"] == "case.created"
+        )
+        worker.handlers[1](work, created)
+        work.commit()
+    assert [status for _, status, _ in _sla_timers(app, case_id)] == ["fired", "pending"]
     transition_case(app.deps, INTAKE, case_id, "begin_review", _version(app, case_id))
     worker.run_until_idle()
     with app.deps.read_uow() as work:
         timers = work.timers.for_case(case_id)
-    assert {t["status"] for t in timers if t["payload"]["state"] == "intake_received"} == {
-        "cancelled"
-    }
+    left = {t["name"]: t["status"] for t in timers if t["payload"]["state"] == "intake_received"}
+    assert left == {"warn": "fired", "breach": "cancelled"}
     review = [t for t in timers if t["payload"].get("state") == "documentation_review"]
-    assert {t["status"] for t in review if t["kind"] == "sla"} == {"pending"}
+    assert [(t["name"], t["status"]) for t in review if t["kind"] == "sla"] == [("warn", "pending")]
     clock.advance(days=3)
-    worker.run_until_idle()
-    worker.run_until_idle()
+    for _ in range(4):  # each turn fires the step that is due and plans the next
+        worker.run_until_idle()
     with app.deps.read_uow() as work:
-        fired = [t for t in work.timers.for_case(case_id) if t["status"] == "fired"]
+        fired = [
+            t
+            for t in work.timers.for_case(case_id)
+            if t["status"] == "fired" and t["payload"]["state"] == "documentation_review"
+        ]
         events = [e for e in work.outbox.for_case(case_id) if e["event_type"] == "timer.fired"]
         case = work.cases.get(case_id)
     assert sorted(t["name"] for t in fired) == ["breach", "escalate", "warn"]
-    assert len(events) == 3  # one event per timer, however often the workers ran
+    assert len(events) == 4  # one event per timer, however often the workers ran
     assert case.assignee == "carl.manager"  # breach: reassigned to the clinic's supervisor
     assert case.data["priority"] == "high"  # escalate: priority raised a step
-    sla_runs = {
-        r["rule_key"]: r["outcome"] for r in _runs(app, case_id) if r["ruleset_key"] == "sla"
-    }
-    assert sla_runs == {"sla.warn": "applied", "sla.breach": "applied", "sla.escalate": "applied"}
+    sla_runs = [
+        (r["rule_key"], r["outcome"]) for r in _runs(app, case_id) if r["ruleset_key"] == "sla"
+    ]
+    assert sorted(sla_runs) == [
+        ("sla.breach", "applied"),
+        ("sla.escalate", "applied"),
+        ("sla.warn", "applied"),
+        ("sla.warn", "applied"),
+    ]
+
+
+def _sla_timers(app: App, case_id: int) -> list[tuple[str, str, str]]:
+    with app.deps.read_uow() as work:
+        timers = work.timers.for_case(case_id)
+    return [(t["name"], t["status"], t["due_at"].isoformat()) for t in timers if t["kind"] == "sla"]
 
 
 def test_a_state_timer_rule_fires_after_business_days_unless_the_case_moved_on(

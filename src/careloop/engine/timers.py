@@ -18,7 +18,7 @@ from typing import Any
 from careloop.domain.case import Case
 from careloop.domain.referral import lookup
 from careloop.domain.rules import RuleSet
-from careloop.domain.sla import DEFAULT_LADDER, EscalationLadder, plan_sla
+from careloop.domain.sla import DEFAULT_LADDER, EscalationLadder, PlannedTimer, plan_step
 from careloop.domain.workflow import Workflow
 from careloop.engine.actions import automation_actor, offset_from, supervisor_of
 from careloop.engine.runs import apply_once, new_run
@@ -44,9 +44,13 @@ def replan_state_timers(
     ladder: EscalationLadder = DEFAULT_LADDER,
 ) -> int:
     """Cancel the timers of the state the case left and plan those of the one it is in;
-    returns how many it planned (or found planned already)."""
+    returns how many it planned (or found planned already). Of the SLA ladder only the
+    first step is planned; the later ones of this entry into the state, planned as
+    earlier steps fired, are kept (an event replayed from the dead letters replans)."""
     rows = _state_timers(config, rulesets, workflow, case, now, ladder)
-    work.timers.replan(case.id, STATE_KINDS, rows, now)
+    timed = any(row["kind"] == "sla" for row in rows)
+    later = tuple(_sla_key(case, step.name) for step in ladder.steps[1:]) if timed else ()
+    work.timers.replan(case.id, STATE_KINDS, rows, now, keep=later)
     return len(rows)
 
 
@@ -65,24 +69,9 @@ def _state_timers(
     target = workflow.sla_seconds(case.state, case.urgency)
     if target and not workflow.states[case.state].terminal:
         calendar = config.calendar_for(str(case.data.get("clinic", "")))
-        for step in plan_sla(calendar, ladder, entered, target):
-            rows.append(
-                {
-                    "case_id": case.id,
-                    "kind": "sla",
-                    "key": f"sla:{case.id}:{case.state}:{stamp}:{step.step}",
-                    "name": step.step,
-                    "due_at": step.due_at,
-                    "payload": {
-                        **base,
-                        "action": step.action,
-                        "notify_role": step.notify_role,
-                        "fraction": step.fraction,
-                        "target_seconds": target,
-                    },
-                    "created_at": now,
-                }
-            )
+        first = plan_step(calendar, ladder, entered, target)
+        if first is not None:  # the ladder's later steps are planned as each one fires
+            rows.append(_sla_timer(case, first, target, now))
     for ruleset in rulesets:
         for rule in ruleset.timer_rules():
             trigger = rule.trigger
@@ -101,6 +90,31 @@ def _state_timers(
                 }
             )
     return rows
+
+
+def _sla_timer(case: Case, step: PlannedTimer, target: int, now: datetime) -> dict[str, Any]:
+    """The row of one SLA step of the state the case is in."""
+    stamp = case.state_entered_at.isoformat()
+    return {
+        "case_id": case.id,
+        "kind": "sla",
+        "key": _sla_key(case, step.step),
+        "name": step.step,
+        "due_at": step.due_at,
+        "payload": {
+            "state": case.state,
+            "entered_at": stamp,
+            "action": step.action,
+            "notify_role": step.notify_role,
+            "fraction": step.fraction,
+            "target_seconds": target,
+        },
+        "created_at": now,
+    }
+
+
+def _sla_key(case: Case, step: str) -> str:
+    return f"sla:{case.id}:{case.state}:{case.state_entered_at.isoformat()}:{step}"
 
 
 def replan_field_timers(
@@ -192,8 +206,10 @@ def escalate_sla(
     case: Case,
     event: Mapping[str, Any],
     now: datetime,
+    ladder: EscalationLadder = DEFAULT_LADDER,
 ) -> None:
-    """One step of the SLA ladder: notify, reassign to the supervisor, raise priority."""
+    """One step of the SLA ladder: notify, reassign to the supervisor, raise priority;
+    then plan the next step, in the same once-only run."""
     payload: Mapping[str, Any] = event["payload"]
     step = str(payload.get("name"))
     inputs = {k: payload.get(k) for k in ("state", "entered_at", "fraction", "due_at")}
@@ -206,9 +222,35 @@ def escalate_sla(
     def effects() -> list[dict[str, Any]]:
         results = _apply_step(work, deps, rulesets, case, event, now)
         publish_events(work, case, now, {"depth": 1, "rule": f"sla.{step}"})
+        following = _plan_next_step(work, config, case, payload, now, ladder)
+        if following is not None:
+            results.append({"action": "plan", "step": following})
         return results
 
     apply_once(work, run, effects)
+
+
+def _plan_next_step(
+    work: UnitOfWork,
+    config: AutomationConfig,
+    case: Case,
+    fired: Mapping[str, Any],
+    now: datetime,
+    ladder: EscalationLadder,
+) -> str | None:
+    """Plan the step after the one that fired, counted from the same entry into the
+    state; returns its name, None past the ladder's last step. A step already overdue
+    (the workers were down) is due at once and fires on the timer loop's next turn."""
+    target = int(fired.get("target_seconds") or 0)
+    if target <= 0:
+        return None
+    calendar = config.calendar_for(str(case.data.get("clinic", "")))
+    after = float(fired.get("fraction", 0))
+    step = plan_step(calendar, ladder, case.state_entered_at, target, after=after)
+    if step is None:
+        return None
+    work.timers.plan(_sla_timer(case, step, target, now))
+    return step.step
 
 
 def _apply_step(

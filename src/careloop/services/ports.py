@@ -211,6 +211,7 @@ class Timers(Protocol):
         rows: list[dict[str, Any]],
         at: datetime,
         names: tuple[str, ...] | None = None,
+        keep: tuple[str, ...] = (),
     ) -> None: ...
     def cancel_for_case(
         self,
@@ -239,6 +240,7 @@ class Webhooks(Protocol):
     def record_attempts(self, attempts: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
         """(attempt row, the delivery's new values incl. ``id``) for a batch of sends."""
         ...
+
     def deliveries(
         self, subscription_id: int | None = None, status: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]: ...

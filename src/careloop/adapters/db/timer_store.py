@@ -61,8 +61,13 @@ class TimerStore:
 
     def plan(self, values: dict[str, Any]) -> bool:
         """Insert a pending timer; False when one with the same key exists (replanning
-        the same moment twice is a no-op)."""
+        the same moment twice is a no-op). A deferring batch writes it at its flush and
+        answers True: a taken key is skipped there the same way."""
         row = {"status": "pending", "fired_at": None, **values}
+        buffer = self._buffer
+        if buffer is not None and buffer.active:
+            buffer.insert(insert_new_statement(timers, set(row)), row)
+            return True
         return insert_new(self._connection, timers, row)
 
     def plan_many(self, rows: list[dict[str, Any]]) -> None:
@@ -79,19 +84,23 @@ class TimerStore:
         rows: list[dict[str, Any]],
         at: datetime,
         names: tuple[str, ...] | None = None,
+        keep: tuple[str, ...] = (),
     ) -> None:
         """Plan ``rows`` and cancel the case's other pending timers of ``kinds`` (and
-        ``names``). A deferring batch does this for all its cases in two statements at
-        the flush: the result is the same in either order, since planned keys are kept."""
+        ``names``) but those keyed ``keep`` (timers planned later, which a replan of
+        the same moment must leave in place). A deferring batch does this for all its
+        cases in two statements at the flush: the result is the same in either order,
+        since planned keys are kept."""
         planned = [{"status": "pending", "fired_at": None, **row} for row in rows]
-        keep = [row["key"] for row in planned]
+        kept = [row["key"] for row in planned]
+        kept.extend(keep)
         buffer = self._buffer
         if buffer is not None and buffer.active:
-            buffer.replan_timers(case_id, (kinds, names), keep, at)
+            buffer.replan_timers(case_id, (kinds, names), kept, at)
             for row in planned:
                 buffer.insert(insert_new_statement(timers, set(row)), row)
             return
-        self.cancel_for_case(case_id, kinds, at, names=names, keep=tuple(keep))
+        self.cancel_for_case(case_id, kinds, at, names=names, keep=tuple(kept))
         for row in planned:
             insert_new(self._connection, timers, row)
 
