@@ -424,10 +424,12 @@ def check_effects(app: Any, cases: list[tuple[int, int]]) -> list[str]:
                        f"AND event_type = 'case.transitioned' AND {span}")
         tasks = scalar(f"SELECT count(*) FROM tasks WHERE {span}")
         # The SLA clock of the new state runs (its first step planned), the old one stopped.
+        # ('%%': the PostgreSQL driver's escape of a literal %; to SQLite's LIKE, two
+        # wildcards match as one.)
         clocks = scalar("SELECT count(*) FROM timers WHERE status = 'pending' AND kind = 'sla' "
-                        f"AND key LIKE 'sla:%:documentation_review:%' AND {span}")
+                        f"AND key LIKE 'sla:%%:documentation_review:%%' AND {span}")
         stale = scalar("SELECT count(*) FROM timers WHERE status = 'pending' "
-                       f"AND key LIKE 'sla:%:intake_received:%' AND {span}")
+                       f"AND key LIKE 'sla:%%:intake_received:%%' AND {span}")
         pending = scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
         failed = scalar("SELECT count(*) FROM outbox WHERE last_error IS NOT NULL")
         queue = scalar("SELECT count(*) FROM cases WHERE data LIKE '%documentation-review%'"
