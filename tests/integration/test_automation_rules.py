@@ -261,6 +261,44 @@ def test_sla_timers_follow_the_state_and_each_fires_once(
     ]
 
 
+def test_a_step_whose_handling_fails_does_not_stop_the_ladder(
+    app: App, worker: Worker, clock: ManualClock
+) -> None:
+    def refuse_warnings(work: Any, event: Any) -> None:  # a subscriber that keeps failing
+        if event["event_type"] == "timer.fired" and event["payload"].get("name") == "warn":
+            raise RuntimeError("the warning cannot be handled")
+
+    worker.handlers.append(refuse_warnings)
+    case_id = _create(app, urgency="urgent")
+    worker.run_until_idle()
+    clock.advance(days=3)
+    for _ in range(4):
+        worker.run_until_idle()
+    # Each step was planned as the one before fired, however its handling went.
+    assert [(name, status) for name, status, _ in _sla_timers(app, case_id)] == [
+        ("warn", "fired"),
+        ("breach", "fired"),
+        ("escalate", "fired"),
+    ]
+    # The case's later events wait behind the failing one until it is dead-lettered.
+    for _ in range(12):
+        clock.advance(hours=1)
+        worker.run_until_idle()
+    with app.deps.read_uow() as work:
+        fired = {
+            e["payload"]["name"]: e
+            for e in work.outbox.for_case(case_id)
+            if e["event_type"] == "timer.fired"
+        }
+    assert fired["warn"]["dead_at"] is not None
+    assert "the warning cannot be handled" in fired["warn"]["last_error"]
+    assert fired["breach"]["published_at"] and fired["escalate"]["published_at"]
+    sla_runs = {
+        r["rule_key"]: r["outcome"] for r in _runs(app, case_id) if r["ruleset_key"] == "sla"
+    }
+    assert sla_runs == {"sla.breach": "applied", "sla.escalate": "applied"}
+
+
 def _sla_timers(app: App, case_id: int) -> list[tuple[str, str, str]]:
     with app.deps.read_uow() as work:
         timers = work.timers.for_case(case_id)

@@ -15,7 +15,7 @@ from careloop.domain.sla import (
     PlannedTimer,
     SlaStatus,
     build_ladder,
-    plan_step,
+    plan_sla,
     sla_status,
 )
 
@@ -41,19 +41,9 @@ def test_default_ladder_warns_at_75_breaches_at_100_and_escalates_at_150_percent
     assert {s.notify_role for s in DEFAULT_LADDER.steps} - {None} <= ROLE_NAMES
 
 
-def plan_ladder(entered: datetime, target: int) -> list[PlannedTimer]:
-    """Every step, each planned after the one before, as the engine plans them."""
-    steps: list[PlannedTimer] = []
-    while step := plan_step(
-        NEW_YORK, DEFAULT_LADDER, entered, target, steps[-1].fraction if steps else None
-    ):
-        steps.append(step)
-    return steps
-
-
 def test_ladder_due_times_fall_in_business_hours_and_run_into_the_next_day() -> None:
     monday_9am = utc(2026, 3, 16, 13)
-    timers = plan_ladder(monday_9am, 8 * HOUR)
+    timers = plan_sla(NEW_YORK, DEFAULT_LADDER, monday_9am, 8 * HOUR)
     assert timers == [
         PlannedTimer("warn", utc(2026, 3, 16, 19), 0.75, "notify", None),  # Mon 15:00
         PlannedTimer("breach", utc(2026, 3, 16, 21), 1.0, "reassign", "referral_coordinator"),
@@ -63,17 +53,9 @@ def test_ladder_due_times_fall_in_business_hours_and_run_into_the_next_day() -> 
 
 def test_ladder_due_times_skip_a_holiday_and_the_weekend() -> None:
     christmas_eve_3pm = utc(2026, 12, 24, 20)  # Thursday 15:00 EST, two hours before close
-    due = [t.due_at for t in plan_ladder(christmas_eve_3pm, 4 * HOUR)]
+    due = [t.due_at for t in plan_sla(NEW_YORK, DEFAULT_LADDER, christmas_eve_3pm, 4 * HOUR)]
     # Monday the 28th at 09:00, 10:00 and 12:00 EST.
     assert due == [utc(2026, 12, 28, 14), utc(2026, 12, 28, 15), utc(2026, 12, 28, 17)]
-
-
-def test_the_step_after_a_fired_one_is_found_by_its_fraction_and_none_follows_the_last() -> None:
-    monday_9am = utc(2026, 3, 16, 13)
-    # A step fired at 80% under a ladder since changed: the next is the one past 80%.
-    after_renamed = plan_step(NEW_YORK, DEFAULT_LADDER, monday_9am, 8 * HOUR, after=0.8)
-    assert after_renamed is not None and after_renamed.step == "breach"
-    assert plan_step(NEW_YORK, DEFAULT_LADDER, monday_9am, 8 * HOUR, after=1.5) is None
 
 
 def test_sla_status_reports_the_share_of_the_target_used_so_far() -> None:
@@ -103,7 +85,7 @@ def test_sla_status_reads_a_clock_behind_the_entry_as_nothing_used() -> None:
 
 def test_sla_target_must_be_positive() -> None:
     with pytest.raises(ValueError, match="must be positive"):
-        plan_step(NEW_YORK, DEFAULT_LADDER, utc(2026, 3, 16, 13), 0)
+        plan_sla(NEW_YORK, DEFAULT_LADDER, utc(2026, 3, 16, 13), 0)
 
 
 def test_ladder_built_in_code_must_rise_step_by_step() -> None:

@@ -1,10 +1,9 @@
 """SLA clocks and escalation ladders, counted in business time.
 
 A ladder says what happens as a case uses up its target: warn at 75%, breach at
-100%, escalate at 150%. ``plan_step`` turns one step of a ladder into a timer with a due
-time on the location's calendar; the engine stores it as a row, fires it when due and
-then plans the step after it. One step at a time: a case holds one SLA timer for the
-state it is in, which is all a state change has to cancel.
+100%, escalate at 150%. ``plan_sla`` turns a ladder into timers with due times on the
+location's calendar when the case enters a state; the engine stores the first as a row,
+with the later ones in it, and plans each next step as the one before fires.
 """
 
 from __future__ import annotations
@@ -86,28 +85,24 @@ DEFAULT_LADDER = EscalationLadder(
 )
 
 
-def plan_step(
+def plan_sla(
     calendar: BusinessCalendar,
     ladder: EscalationLadder,
     entered_at: datetime,
     target_seconds: int,
-    after: float | None = None,
-) -> PlannedTimer | None:
-    """The ladder's first step past the fraction ``after`` (its first step when None) as
-    a timer due after that fraction of the target in business time; None past the last
-    step. Steps are found by fraction, not name, so a step fired under a ladder that
-    has changed since still leads on to the right one."""
+) -> list[PlannedTimer]:
+    """One timer per ladder step, due after that fraction of the target in business time."""
     _check_target(target_seconds)
-    step = next((s for s in ladder.steps if after is None or s.fraction > after), None)
-    if step is None:
-        return None
-    return PlannedTimer(
-        step=step.name,
-        due_at=add_business_time(calendar, entered_at, target_seconds * step.fraction),
-        fraction=step.fraction,
-        action=step.action,
-        notify_role=step.notify_role,
-    )
+    return [
+        PlannedTimer(
+            step=step.name,
+            due_at=add_business_time(calendar, entered_at, target_seconds * step.fraction),
+            fraction=step.fraction,
+            action=step.action,
+            notify_role=step.notify_role,
+        )
+        for step in ladder.steps
+    ]
 
 
 def sla_status(

@@ -6,6 +6,11 @@ rows with FOR UPDATE SKIP LOCKED (any number of workers) and turns each into a
 ``timer.fired`` outbox event keyed by the timer: the row is marked fired in the same
 transaction, so each timer fires exactly once and its effects run through the
 dispatcher like any other event.
+
+An SLA ladder is one row at a time: entering a state plans the first step, carrying the
+due times of the later ones, which the whole ladder was given on the calendar then; the
+transaction that fires a step plans the next. So a case holds one pending SLA timer for
+a state change to cancel, and a step whose handling fails does not stop the ones after.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 from careloop.domain.case import Case
 from careloop.domain.referral import lookup
 from careloop.domain.rules import RuleSet
-from careloop.domain.sla import DEFAULT_LADDER, EscalationLadder, PlannedTimer, plan_step
+from careloop.domain.sla import DEFAULT_LADDER, EscalationLadder, PlannedTimer, plan_sla
 from careloop.domain.workflow import Workflow
 from careloop.engine.actions import automation_actor, offset_from, supervisor_of
 from careloop.engine.runs import apply_once, new_run
@@ -44,13 +49,14 @@ def replan_state_timers(
     ladder: EscalationLadder = DEFAULT_LADDER,
 ) -> int:
     """Cancel the timers of the state the case left and plan those of the one it is in;
-    returns how many it planned (or found planned already). Of the SLA ladder only the
-    first step is planned; the later ones of this entry into the state, planned as
-    earlier steps fired, are kept (an event replayed from the dead letters replans)."""
+    returns how many it planned (or found planned already). The later SLA steps of this
+    entry into the state, planned as earlier ones fired, are kept: an event replayed
+    from the dead letters replans the state it entered without undoing them."""
     rows = _state_timers(config, rulesets, workflow, case, now, ladder)
+    stamp = case.state_entered_at.isoformat()
     timed = any(row["kind"] == "sla" for row in rows)
-    later = tuple(_sla_key(case, step.name) for step in ladder.steps[1:]) if timed else ()
-    work.timers.replan(case.id, STATE_KINDS, rows, now, keep=later)
+    later = tuple(_sla_key(case.id, case.state, stamp, s.name) for s in ladder.steps[1:])
+    work.timers.replan(case.id, STATE_KINDS, rows, now, keep=later if timed else ())
     return len(rows)
 
 
@@ -69,9 +75,8 @@ def _state_timers(
     target = workflow.sla_seconds(case.state, case.urgency)
     if target and not workflow.states[case.state].terminal:
         calendar = config.calendar_for(str(case.data.get("clinic", "")))
-        first = plan_step(calendar, ladder, entered, target)
-        if first is not None:  # the ladder's later steps are planned as each one fires
-            rows.append(_sla_timer(case, first, target, now))
+        first, *later = (_step(p) for p in plan_sla(calendar, ladder, entered, target))
+        rows.append(_sla_timer(case.id, base, target, first, later, now))
     for ruleset in rulesets:
         for rule in ruleset.timer_rules():
             trigger = rule.trigger
@@ -92,29 +97,59 @@ def _state_timers(
     return rows
 
 
-def _sla_timer(case: Case, step: PlannedTimer, target: int, now: datetime) -> dict[str, Any]:
-    """The row of one SLA step of the state the case is in."""
-    stamp = case.state_entered_at.isoformat()
+def _step(planned: PlannedTimer) -> dict[str, Any]:
+    """A ladder step as a timer's payload carries it (the due time as ISO text)."""
     return {
-        "case_id": case.id,
+        "name": planned.step,
+        "due_at": planned.due_at.isoformat(),
+        "fraction": planned.fraction,
+        "action": planned.action,
+        "notify_role": planned.notify_role,
+    }
+
+
+def _sla_timer(
+    case_id: int,
+    base: Mapping[str, Any],
+    target: int,
+    step: Mapping[str, Any],
+    later: list[dict[str, Any]],
+    now: datetime,
+) -> dict[str, Any]:
+    """The timer of one SLA step; ``base`` names the state and the entry into it, and
+    ``later`` holds the steps after it, planned one by one as each fires."""
+    return {
+        "case_id": case_id,
         "kind": "sla",
-        "key": _sla_key(case, step.step),
-        "name": step.step,
-        "due_at": step.due_at,
+        "key": _sla_key(case_id, base["state"], base["entered_at"], step["name"]),
+        "name": step["name"],
+        "due_at": datetime.fromisoformat(step["due_at"]),
         "payload": {
-            "state": case.state,
-            "entered_at": stamp,
-            "action": step.action,
-            "notify_role": step.notify_role,
-            "fraction": step.fraction,
+            "state": base["state"],
+            "entered_at": base["entered_at"],
+            "action": step["action"],
+            "notify_role": step["notify_role"],
+            "fraction": step["fraction"],
             "target_seconds": target,
+            "later_steps": later,
         },
         "created_at": now,
     }
 
 
-def _sla_key(case: Case, step: str) -> str:
-    return f"sla:{case.id}:{case.state}:{case.state_entered_at.isoformat()}:{step}"
+def _sla_key(case_id: int, state: str, entered_at: str, step: str) -> str:
+    return f"sla:{case_id}:{state}:{entered_at}:{step}"
+
+
+def _next_sla_timer(timer: Mapping[str, Any], now: datetime) -> dict[str, Any] | None:
+    """The SLA step after the timer that fires, or None (not an SLA timer, the last
+    step, or one planned before the later steps rode in the first)."""
+    payload: Mapping[str, Any] = timer["payload"]
+    later = payload.get("later_steps") if timer["kind"] == "sla" else None
+    if not later:
+        return None
+    step, *rest = later
+    return _sla_timer(timer["case_id"], payload, int(payload["target_seconds"]), step, rest, now)
 
 
 def replan_field_timers(
@@ -171,6 +206,12 @@ def fire_due_timers(uow: UnitOfWorkFactory, clock: Clock, batch: int = 500) -> i
                 "case_id": timer["case_id"],
             }
             work.outbox.add(timer["case_id"], "timer.fired", payload, f"timer:{timer['id']}", now)
+            # The ladder goes on whatever becomes of this step: its handling may fail and
+            # wait in the dead letters. A step that fires after the case has left the state
+            # is skipped when handled, and the state change cancels the one it planned.
+            following = _next_sla_timer(timer, now)
+            if following is not None:
+                work.timers.plan(following)  # a taken key (planned before) is left alone
         work.timers.mark_fired([t["id"] for t in due], now)
         work.commit()
     if due:
@@ -206,10 +247,8 @@ def escalate_sla(
     case: Case,
     event: Mapping[str, Any],
     now: datetime,
-    ladder: EscalationLadder = DEFAULT_LADDER,
 ) -> None:
-    """One step of the SLA ladder: notify, reassign to the supervisor, raise priority;
-    then plan the next step, in the same once-only run."""
+    """One step of the SLA ladder: notify, reassign to the supervisor, raise priority."""
     payload: Mapping[str, Any] = event["payload"]
     step = str(payload.get("name"))
     inputs = {k: payload.get(k) for k in ("state", "entered_at", "fraction", "due_at")}
@@ -222,35 +261,9 @@ def escalate_sla(
     def effects() -> list[dict[str, Any]]:
         results = _apply_step(work, deps, rulesets, case, event, now)
         publish_events(work, case, now, {"depth": 1, "rule": f"sla.{step}"})
-        following = _plan_next_step(work, config, case, payload, now, ladder)
-        if following is not None:
-            results.append({"action": "plan", "step": following})
         return results
 
     apply_once(work, run, effects)
-
-
-def _plan_next_step(
-    work: UnitOfWork,
-    config: AutomationConfig,
-    case: Case,
-    fired: Mapping[str, Any],
-    now: datetime,
-    ladder: EscalationLadder,
-) -> str | None:
-    """Plan the step after the one that fired, counted from the same entry into the
-    state; returns its name, None past the ladder's last step. A step already overdue
-    (the workers were down) is due at once and fires on the timer loop's next turn."""
-    target = int(fired.get("target_seconds") or 0)
-    if target <= 0:
-        return None
-    calendar = config.calendar_for(str(case.data.get("clinic", "")))
-    after = float(fired.get("fraction", 0))
-    step = plan_step(calendar, ladder, case.state_entered_at, target, after=after)
-    if step is None:
-        return None
-    work.timers.plan(_sla_timer(case, step, target, now))
-    return step.step
 
 
 def _apply_step(

@@ -240,7 +240,6 @@ class Webhooks(Protocol):
     def record_attempts(self, attempts: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
         """(attempt row, the delivery's new values incl. ``id``) for a batch of sends."""
         ...
-
     def deliveries(
         self, subscription_id: int | None = None, status: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]: ...

@@ -61,13 +61,8 @@ class TimerStore:
 
     def plan(self, values: dict[str, Any]) -> bool:
         """Insert a pending timer; False when one with the same key exists (replanning
-        the same moment twice is a no-op). A deferring batch writes it at its flush and
-        answers True: a taken key is skipped there the same way."""
+        the same moment twice is a no-op)."""
         row = {"status": "pending", "fired_at": None, **values}
-        buffer = self._buffer
-        if buffer is not None and buffer.active:
-            buffer.insert(insert_new_statement(timers, set(row)), row)
-            return True
         return insert_new(self._connection, timers, row)
 
     def plan_many(self, rows: list[dict[str, Any]]) -> None:
