@@ -53,10 +53,13 @@ def replan_state_timers(
     entry into the state, planned as earlier ones fired, are kept: an event replayed
     from the dead letters replans the state it entered without undoing them."""
     rows = _state_timers(config, rulesets, workflow, case, now, ladder)
-    stamp = case.state_entered_at.isoformat()
-    timed = any(row["kind"] == "sla" for row in rows)
-    later = tuple(_sla_key(case.id, case.state, stamp, s.name) for s in ladder.steps[1:])
-    work.timers.replan(case.id, STATE_KINDS, rows, now, keep=later if timed else ())
+    later = tuple(
+        _sla_key(case.id, row["payload"]["state"], row["payload"]["entered_at"], step["name"])
+        for row in rows
+        if row["kind"] == "sla"
+        for step in row["payload"]["later_steps"]
+    )
+    work.timers.replan(case.id, STATE_KINDS, rows, now, keep=later)
     return len(rows)
 
 
