@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 import cel
 import pytest
 
+from careloop.adapters import cel_conditions
 from careloop.adapters.cel_conditions import case_fields, compile_condition
 from careloop.domain.case import Case
 from careloop.domain.conditions import ConditionError
@@ -104,7 +105,7 @@ def _fresh_verdict(expression: str, activation: dict[str, object]) -> object:
     [
         ("case.open_tasks == true", "open_tasks"),  # 1 == True in Python, not in CEL
         ("case.open_tasks + 1 == 2", "open_tasks"),  # 1 and 1.0 are different CEL types
-        ("1.0 / case.age_hours > 0.0", "age_hours"),  # 0.0 and -0.0 divide differently
+        ("1.0 / double(case.open_tasks) > 0.0", "open_tasks"),  # 0.0 and -0.0 divide apart
         ("has(case.team) || case.open_tasks == 1", "team"),  # absent is not null
         ("size(case.diagnoses) == 1", "diagnoses"),
     ],
@@ -146,3 +147,36 @@ def test_the_same_inputs_are_not_converted_again(monkeypatch: pytest.MonkeyPatch
     )
     assert condition.evaluate(_activation()) is expected  # another activation, same clinic
     assert converted == []
+
+
+def test_a_condition_on_the_age_of_the_case_is_evaluated_every_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """age_hours differs at every moment, so its verdicts would only fill the memory."""
+    condition = compile_condition("case.age_hours > 4.0", FIELDS)
+    before = len(cel_conditions._VERDICTS)
+    first = _activation()
+    assert condition.evaluate(first) is _fresh_verdict("case.age_hours > 4.0", first)
+    assert len(cel_conditions._VERDICTS) == before
+    executed: list[object] = []
+    real = cel_conditions._context_for
+    monkeypatch.setattr(
+        cel_conditions, "_context_for", lambda *args: executed.append(args) or real(*args)
+    )
+    condition.evaluate(_activation())
+    assert len(executed) == 1
+
+
+def test_a_full_verdict_memory_forgets_its_oldest_quarter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cel_conditions, "MAX_VERDICTS", 8)
+    monkeypatch.setattr(cel_conditions, "_VERDICTS", {})
+    condition = compile_condition("case.open_tasks == 1", FIELDS)
+    for tasks in range(20):
+        activation = _activation()
+        case = activation["case"]
+        assert isinstance(case, dict)
+        case["open_tasks"] = tasks
+        assert condition.evaluate(activation) is (tasks == 1)
+    remembered = [key[1] for key in cel_conditions._VERDICTS]  # (names, open_tasks)
+    assert len(remembered) <= 8
+    assert remembered == sorted(remembered) and remembered[-1] == (int, 19)

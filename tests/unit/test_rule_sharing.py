@@ -3,9 +3,12 @@
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
+import pytest
+
+from careloop.domain import rules as rules_module
 from careloop.domain.case import Case
 from careloop.domain.rules import Rule, RuleAction, RuleSet, Trigger, TriggerKind
-from careloop.engine.automation import Verdicts, _evaluate, matching
+from careloop.engine.automation import Verdicts, matching
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
@@ -88,7 +91,7 @@ def test_candidates_are_the_rules_in_the_case_scope_in_definition_order() -> Non
     assert [r.key for r in found] == ["general", "north-cardio"]
     found = rules.candidates(TriggerKind.TRANSITIONED, ("clinical_triage",), "neurology", "west")
     assert [r.key for r in found] == ["general"]
-    assert rules.candidates(TriggerKind.TRANSITIONED, ("completed",), "neurology", "north") == []
+    assert rules.candidates(TriggerKind.TRANSITIONED, ("completed",), "neurology", "north") == ()
 
 
 def test_rules_with_equal_triggers_share_one_trigger_test() -> None:
@@ -128,21 +131,44 @@ def test_a_timer_trigger_is_tested_per_rule_because_it_names_its_rule() -> None:
     assert [r.key for r in found] == ["second"]
 
 
+def test_candidates_are_remembered_per_scope_and_the_memory_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(rules_module, "MAX_REMEMBERED_CANDIDATES", 3)
+    rules = RuleSet(
+        key="r",
+        version=1,
+        case_type="referral",
+        rules=(
+            _rule("general", 0, TO_TRIAGE),
+            _rule("north", 1, TO_TRIAGE, clinics=frozenset({"north"})),
+        ),
+    )
+    north = rules.candidates(TriggerKind.TRANSITIONED, ("clinical_triage",), "cardiology", "north")
+    again = rules.candidates(TriggerKind.TRANSITIONED, ("clinical_triage",), "cardiology", "north")
+    assert again is north and [r.key for r in north] == ["general", "north"]
+    for clinic in ("a", "b", "c", "d", "e"):
+        found = rules.candidates(TriggerKind.TRANSITIONED, ("clinical_triage",), "x", clinic)
+        assert [r.key for r in found] == ["general"]
+    assert len(rules._found) <= 3
+    north = rules.candidates(TriggerKind.TRANSITIONED, ("clinical_triage",), "cardiology", "north")
+    assert [r.key for r in north] == ["general", "north"]
+
+
 def test_equal_conditions_are_evaluated_once_per_activation() -> None:
     first = CountingCondition("case.urgency == 'urgent'", "urgency", "urgent")
     same_text = CountingCondition("case.urgency == 'urgent'", "urgency", "urgent")
     other = CountingCondition("case.clinic == 'south'", "clinic", "south")
-    activation = _case().activation(NOW)
-    verdicts: Verdicts = {}
-    assert _evaluate(first, activation, verdicts) == ({"urgency": "urgent"}, True, None)
-    assert _evaluate(same_text, activation, verdicts) == ({"urgency": "urgent"}, True, None)
-    assert _evaluate(other, activation, verdicts) == (
+    verdicts = Verdicts(_case().activation(NOW))
+    assert verdicts.of(first) == ({"urgency": "urgent"}, True, None)
+    assert verdicts.of(same_text) == ({"urgency": "urgent"}, True, None)
+    assert verdicts.of(other) == (
         {"clinic": "north"},
         False,
         "condition is false",
     )
     assert (first.calls, same_text.calls, other.calls) == (1, 0, 1)
     # A rule changed the case: the next activation starts with no verdicts.
-    changed = _case(urgency="routine").activation(NOW)
-    assert _evaluate(same_text, changed, {})[1] is False
+    changed = Verdicts(_case(urgency="routine").activation(NOW))
+    assert changed.of(same_text)[1] is False
     assert same_text.calls == 1

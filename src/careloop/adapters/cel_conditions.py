@@ -7,6 +7,7 @@ operator/type mismatches before a definition can load.
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ from typing import Any, cast
 
 import cel
 
+from careloop.domain.case import TIME_DERIVED
 from careloop.domain.conditions import ConditionError
 
 _STRING_LITERAL = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
@@ -23,27 +25,53 @@ _SAMPLES: dict[str, Any] = {"string": "x", "list": ["x"], "int": 1, "double": 1.
 MAX_EXPRESSION_LENGTH = 2000
 
 
+# Verdicts remembered across events, by the values a condition reads: for each set of
+# such values (with the names they are read under), the verdicts of the conditions read
+# on them, by condition text. A condition has no side effects and CEL's functions are
+# deterministic, so the same inputs decide alike; rules mostly test fields with few
+# distinct values (clinic, urgency, payer, network status), where handing them to the
+# library costs ~10 us a call in the relay and reading the verdict back under one.
+# Keyed this way, an event works out the key of each set of fields once, and each
+# condition then costs one lookup by its text. Conditions on a time-derived field are
+# not remembered: their inputs never come again. Bounded: when full, the oldest quarter
+# of the sets goes, not the whole (emptying it made the next events miss all at once).
+Bucket = dict[str, bool]
+_VERDICTS: dict[tuple[object, ...], Bucket] = {}
+MAX_VERDICTS = 16_384  # sets of input values
+_ABSENT = object()  # a field the case does not have: has() and errors depend on it
+
+
 class _Prepared(threading.local):
-    """The CEL contexts of the activation evaluated last, per thread, by the case fields
-    they hold. The library converts a Python dict into CEL values on every call; an
-    event's rules all see the same activation, so converting it once per set of fields
-    makes each further condition nearly free."""
+    """What was worked out for the activation evaluated last, per thread: its CEL
+    contexts by the case fields they hold, and its buckets of remembered verdicts by the
+    fields a condition reads. The library converts a Python dict into CEL values on
+    every call; an event's rules all see the same activation, so converting it once per
+    set of fields makes each further condition nearly free, and conditions written from
+    one pattern (the same fields, other constants) share one bucket."""
 
     activation: object = None
     contexts: dict[frozenset[str] | None, Any]
+    buckets: dict[tuple[str, ...], Bucket | None]
 
     def __init__(self) -> None:
         self.contexts = {}
+        self.buckets = {}
 
 
 _PREPARED = _Prepared()
 
 
-def _context_for(activation: Mapping[str, object], fields: frozenset[str] | None) -> Any:
+def _prepared_for(activation: Mapping[str, object]) -> _Prepared:
     prepared = _PREPARED
     if prepared.activation is not activation:
         prepared.contexts = {}
+        prepared.buckets = {}
         prepared.activation = activation
+    return prepared
+
+
+def _context_for(activation: Mapping[str, object], fields: frozenset[str] | None) -> Any:
+    prepared = _prepared_for(activation)
     context = prepared.contexts.get(fields)
     if context is None:
         variables = dict(activation)
@@ -56,14 +84,46 @@ def _context_for(activation: Mapping[str, object], fields: frozenset[str] | None
     return context
 
 
-# Verdicts by condition text and the values it reads. A condition has no side effects
-# and CEL's functions are deterministic, so the same inputs decide alike; rules mostly
-# test fields with few distinct values (clinic, urgency, payer, network status), where
-# handing them to the library costs ~10 us a call in the relay and reading the verdict
-# back under one. Bounded: emptied when full.
-_VERDICTS: dict[tuple[object, ...], bool] = {}
-MAX_VERDICTS = 65_536
-_ABSENT = object()  # a field the case does not have: has() and errors depend on it
+def _bucket_for(activation: Mapping[str, object], names: tuple[str, ...]) -> Bucket | None:
+    """The remembered verdicts of conditions reading ``names`` on these values, or None
+    when one of the values has no exact stand-in."""
+    buckets = _prepared_for(activation).buckets
+    if names in buckets:
+        return buckets[names]
+    inputs = _input_keys(activation, names)
+    bucket = None
+    if inputs is not None:
+        bucket = _VERDICTS.get(inputs)
+        if bucket is None:
+            if len(_VERDICTS) >= MAX_VERDICTS:
+                _forget_oldest(MAX_VERDICTS // 4)
+            bucket = _VERDICTS[inputs] = {}
+    buckets[names] = bucket
+    return bucket
+
+
+def _forget_oldest(count: int) -> None:
+    for key in list(itertools.islice(_VERDICTS, count)):  # a dict keeps insertion order
+        _VERDICTS.pop(key, None)
+
+
+def _input_keys(
+    activation: Mapping[str, object], names: tuple[str, ...]
+) -> tuple[object, ...] | None:
+    """``names`` with the stand-ins of those case fields and of every other variable."""
+    case = activation.get("case")
+    if type(case) is not dict:
+        return None
+    parts: list[object] = [names]
+    try:
+        for name in names:
+            parts.append(_key(case[name]) if name in case else _ABSENT)
+        for name, value in activation.items():
+            if name != "case":
+                parts.append((name, _key(value)))
+    except _Unkeyable:
+        return None
+    return tuple(parts)
 
 
 class _Unkeyable(Exception):
@@ -92,18 +152,24 @@ def _key(value: object) -> object:
 
 
 class CelCondition:
+    __slots__ = ("_fields", "_names", "_program", "source")  # 10,000 rules: compact
+
     def __init__(self, source: str, program: Any) -> None:
         self.source = source
         self._program = program
-        self._fields = case_fields(source)
-        self._names = None if self._fields is None else tuple(sorted(self._fields))
+        self._fields = fields = case_fields(source)
+        # The fields whose values key a remembered verdict; None: not remembered (it
+        # reads the whole case, or a time-derived field).
+        self._names = None
+        if fields is not None and not fields & TIME_DERIVED:
+            self._names = tuple(sorted(fields))
 
     def evaluate(self, activation: Mapping[str, object]) -> bool:
         """Evaluate against ``activation``; callers must not mutate an activation they
         have evaluated with (it is converted once and reused while it is the latest)."""
-        key = self._verdict_key(activation)
-        if key is not None:
-            known = _VERDICTS.get(key)
+        bucket = None if self._names is None else _bucket_for(activation, self._names)
+        if bucket is not None:
+            known = bucket.get(self.source)
             if known is not None:
                 return known
         try:
@@ -112,28 +178,9 @@ class CelCondition:
             raise ConditionError(f"{type(error).__name__}: {error}") from error
         if not isinstance(result, bool):
             raise ConditionError(f"condition returned {type(result).__name__}, not bool")
-        if key is not None:
-            if len(_VERDICTS) >= MAX_VERDICTS:
-                _VERDICTS.clear()
-            _VERDICTS[key] = result
+        if bucket is not None:
+            bucket[self.source] = result
         return result
-
-    def _verdict_key(self, activation: Mapping[str, object]) -> tuple[object, ...] | None:
-        """What decides the verdict: the text, the case fields it reads and any other
-        variable; None when it reads the whole case or a value _key cannot stand for."""
-        case = activation.get("case")
-        if self._names is None or type(case) is not dict:
-            return None
-        parts: list[object] = [self.source]
-        try:
-            for name in self._names:
-                parts.append(_key(case[name]) if name in case else _ABSENT)
-            for name, value in activation.items():
-                if name != "case":
-                    parts.append((name, _key(value)))
-        except _Unkeyable:
-            return None
-        return tuple(parts)
 
 
 _CASE = re.compile(r"\bcase\b")

@@ -17,6 +17,10 @@ from careloop.domain.events import Event
 from careloop.domain.referral import is_present, lookup
 from careloop.domain.workflow import Transition, Workflow
 
+# Fields of an activation worked out from the time it is built for: no two events see
+# the same value, so nothing decided on them is worth remembering past one event.
+TIME_DERIVED = frozenset({"age_hours"})
+
 
 @dataclass
 class Case:
@@ -52,7 +56,8 @@ class Case:
         return str(team) if team else None
 
     def activation(self, now: datetime) -> dict[str, object]:
-        """What a CEL guard sees as ``case``: the payload plus derived facts."""
+        """What a CEL guard sees as ``case``: the payload plus derived facts (those in
+        TIME_DERIVED differ at every moment it is built)."""
         view = dict(self.data)
         view.update(
             state=self.state,

@@ -43,7 +43,7 @@ EVENT_TRIGGERS: Mapping[str, TriggerKind] = {
 OFFSET_UNITS = ("minutes", "hours", "days", "business_hours", "business_days")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Offset:
     """A signed amount of (business) time: '2 business_days' before, '4 hours' after."""
 
@@ -63,7 +63,7 @@ class Offset:
         return f"{self.amount} {self.unit}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Trigger:
     kind: TriggerKind
     from_states: frozenset[str] = frozenset()  # empty: any
@@ -92,7 +92,7 @@ class Trigger:
         return (ANY,)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RuleAction:
     kind: str  # set_field, assign, transition, create_task, escalate, notify, ...
     params: Mapping[str, Any] = field(default_factory=dict)
@@ -102,7 +102,7 @@ class RuleAction:
         return f"{self.kind} {dict(self.params)}" if self.params else self.kind
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rule:
     key: str
     title: str
@@ -120,10 +120,13 @@ class Rule:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Template:
     subject: str
     body: str
+
+
+MAX_REMEMBERED_CANDIDATES = 4096  # per rule set; emptied when full
 
 
 @dataclass
@@ -140,6 +143,11 @@ class RuleSet:
     _index: dict[tuple[str, str, str, str], list[Rule]] = field(default_factory=dict, repr=False)
     _timer_rules: tuple[Rule, ...] = field(default=(), repr=False)
     _triggers: set[tuple[str, str]] = field(default_factory=set, repr=False)
+    # What candidates() found, by its arguments: a rule set never changes once built,
+    # and events repeat the same few kinds, states, specialties and clinics.
+    _found: dict[tuple[str, tuple[str, ...], str, str], tuple[Rule, ...]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         # Equal triggers become one object, so an event tests each distinct trigger once
@@ -162,9 +170,20 @@ class RuleSet:
 
     def candidates(
         self, kind: TriggerKind, discriminators: Iterable[str], specialty: str, clinic: str
-    ) -> list[Rule]:
+    ) -> tuple[Rule, ...]:
         """Rules that an event of ``kind`` could trigger for a case in this scope,
         in definition order, with layered replacements applied."""
+        key = (kind.value, tuple(discriminators), specialty, clinic)
+        found = self._found.get(key)
+        if found is None:
+            if len(self._found) >= MAX_REMEMBERED_CANDIDATES:
+                self._found.clear()
+            found = self._found[key] = self._look_up(*key)
+        return found
+
+    def _look_up(
+        self, kind: str, discriminators: tuple[str, ...], specialty: str, clinic: str
+    ) -> tuple[Rule, ...]:
         # The index is keyed by scope too, so every rule found is in scope: with many
         # locations, an event never looks at the other locations' rules.
         found: dict[int, Rule] = {}
@@ -172,14 +191,12 @@ class RuleSet:
         for discriminator in (*discriminators, ANY):
             for in_specialty in (specialty, ANY):
                 for at_clinic in (clinic, ANY):
-                    for rule in index.get((kind.value, discriminator, in_specialty, at_clinic), ()):
+                    for rule in index.get((kind, discriminator, in_specialty, at_clinic), ()):
                         found[rule.position] = rule
-        if not found:
-            return []
         replaced = {rule.replaces for rule in found.values() if rule.replaces}
-        return [
+        return tuple(
             found[position] for position in sorted(found) if found[position].key not in replaced
-        ]
+        )
 
     def listens(self, kind: TriggerKind, discriminators: Iterable[str]) -> bool:
         """Whether any rule, in any scope, could be triggered by such an event: the cheap

@@ -150,6 +150,10 @@ class _Builder:
         self.out = out
         self.context = context
         self.compile_condition = compile_condition
+        # Rules layered per specialty and location repeat the same conditions: each text
+        # is compiled and checked once, and its rules share one object (less to load, and
+        # less memory for an event's rules to walk through).
+        self.compiled: dict[str, Condition] = {}
         self.states = frozenset(context.workflow.states)
         self.roles = context.schema.roles
 
@@ -237,11 +241,16 @@ class _Builder:
     def condition(self, path: Path, raw: object) -> Condition | None:
         if raw is None:
             return None
+        text = str(raw)
+        if text in self.compiled:
+            return self.compiled[text]
         try:
-            return self.compile_condition(str(raw), self.context.schema.fields)
+            compiled = self.compile_condition(text, self.context.schema.fields)
         except ConditionError as error:
             self.out.add(path, f"invalid condition: {error}")
             return None
+        self.compiled[text] = compiled
+        return compiled
 
     def trigger(self, path: Path, raw: object) -> Trigger:
         spec = {"on": raw} if isinstance(raw, str) else raw

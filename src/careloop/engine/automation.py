@@ -43,7 +43,6 @@ from careloop.services.recording import publish_events
 log = logging.getLogger("careloop.automation")
 # A condition's verdict: (its inputs, whether it passed, why not); new_run copies inputs.
 Verdict = tuple[dict[str, Any], bool, str | None]
-Verdicts = dict[str, Verdict]
 _REFERENCE = re.compile(r"\bcase\.([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)")
 
 
@@ -131,31 +130,29 @@ class Automation:
         now: datetime,
     ) -> Case:
         payload: Mapping[str, Any] = event["payload"]
-        candidates = ruleset.candidates(
+        in_scope = ruleset.candidates(
             kind,
             _discriminators(kind, payload),
             str(case.data.get("specialty", "")),
             str(case.data.get("clinic", "")),
         )
-        candidates = matching(candidates, kind, payload, case)
+        candidates = matching(in_scope, kind, payload, case)
         if not candidates:
             return case
         depth = int((payload.get("automation") or {}).get("depth", 0))
         if depth >= ruleset.max_chain_depth:
             self._stop_chain(work, ruleset, candidates, case, event, depth, now)
             return case
-        activation = case.activation(now)  # one per event: conditions share its conversion
-        verdicts: Verdicts = {}
+        verdicts = Verdicts(case.activation(now))  # one per event: conditions share it
         caused = CausedEvents(depth + 1, str(event["idempotency_key"]))
         for rule in candidates:
             version = case.version
             case = self._run_rule(
-                work, config, ruleset, rule, case, event, depth, now, activation, verdicts, caused
+                work, config, ruleset, rule, case, event, depth, now, verdicts, caused
             )
             caused.take(case, rule.key)
             if case.version != version:
-                activation = case.activation(now)  # a rule changed the case: later rules see it
-                verdicts = {}
+                verdicts = Verdicts(case.activation(now))  # a rule changed the case
         caused.publish(work, case, now)
         return case
 
@@ -169,12 +166,11 @@ class Automation:
         event: Mapping[str, Any],
         depth: int,
         now: datetime,
-        activation: dict[str, object],
         verdicts: Verdicts,
         caused: CausedEvents,
     ) -> Case:
         event_key = str(event["idempotency_key"])
-        inputs, passed, problem = _evaluate(rule.condition, activation, verdicts)
+        inputs, passed, problem = verdicts.of(rule.condition)
         run = new_run(case.id, event, rule.key, ruleset.key, ruleset.version, depth, now, inputs)
         if not passed:
             run.update(outcome="skipped", error=problem)
@@ -363,32 +359,44 @@ def _field_change_matches(rule: Rule, payload: Mapping[str, Any], case: Case) ->
     return True
 
 
-def _evaluate(
-    condition: Condition | None, activation: Mapping[str, Any], verdicts: Verdicts | None = None
-) -> Verdict:
-    """(the condition's inputs, whether it passed, why not) — the inputs are the case
-    fields it references, recorded so a coordinator can see why a rule fired or not.
+class Verdicts:
+    """What conditions gave on one activation: (the inputs, whether it passed, why not).
+    The inputs are the case fields a condition references, recorded so a coordinator
+    can see why a rule fired or not.
 
-    ``verdicts`` holds what conditions gave on this same activation, by their text: rules
-    layered per specialty and location repeat the same conditions, and a CEL condition
-    has no side effects, so one evaluation per distinct text serves them all."""
-    if condition is None:
-        return {}, True, None
-    if verdicts is not None:
-        known = verdicts.get(condition.source)
+    Rules layered per specialty and location repeat the same conditions, and conditions
+    written from one pattern (other constants) reference the same fields; a CEL
+    condition has no side effects, so one evaluation per distinct text and one reading
+    of the inputs per distinct set of references serve them all. A rule that changes
+    the case makes a new activation, and so a new Verdicts."""
+
+    __slots__ = ("_activation", "_by_source", "_inputs")
+
+    def __init__(self, activation: Mapping[str, Any]) -> None:
+        self._activation = activation
+        self._by_source: dict[str, Verdict] = {}
+        self._inputs: dict[tuple[str, ...], dict[str, Any]] = {}
+
+    def of(self, condition: Condition | None) -> Verdict:
+        if condition is None:
+            return {}, True, None
+        known = self._by_source.get(condition.source)
         if known is not None:
             return known
-    view = activation["case"]
-    inputs = {path: _json_safe(lookup(view, path)) for path in _references(condition.source)}
-    try:
-        passed = condition.evaluate(activation)
-    except ConditionError as error:
-        verdict: Verdict = (inputs, False, f"condition could not be evaluated: {error}")
-    else:
-        verdict = (inputs, passed, None if passed else "condition is false")
-    if verdicts is not None:
-        verdicts[condition.source] = verdict
-    return verdict
+        references = _references(condition.source)
+        inputs = self._inputs.get(references)
+        if inputs is None:
+            view = self._activation["case"]
+            inputs = {path: _json_safe(lookup(view, path)) for path in references}
+            self._inputs[references] = inputs  # shared: new_run copies what it records
+        try:
+            passed = condition.evaluate(self._activation)
+        except ConditionError as error:
+            verdict: Verdict = (inputs, False, f"condition could not be evaluated: {error}")
+        else:
+            verdict = (inputs, passed, None if passed else "condition is false")
+        self._by_source[condition.source] = verdict
+        return verdict
 
 
 @functools.lru_cache(maxsize=4096)
