@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -51,8 +51,11 @@ def test_creating_a_referral_returns_201_with_location_of_the_new_case(
                             "service_request_status": "active"}
     assert body["allowed_transitions"] == ["begin_review", "cancel"]
     assert datetime.fromisoformat(body["created_at"]) == shared_clock.now()
-    # urgent referrals must leave intake within 4 hours
-    assert datetime.fromisoformat(body["sla_due_at"]) == shared_clock.now() + timedelta(hours=4)
+    # Urgent referrals must leave intake within 4 business hours of the clinic's calendar
+    # (08:00-17:00 New York): received Monday 09:00 UTC, before it opens at 13:00 UTC;
+    # the SLA breach step is due then too (tests/integration/test_automation_rules.py).
+    assert shared_clock.now() == datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    assert datetime.fromisoformat(body["sla_due_at"]) == datetime(2026, 3, 2, 17, 0, tzinfo=UTC)
     assert body["referral"]["patient"]["family_name"] == "Okafor"
     assert body["referral"]["diagnoses"] == ["R07.9", "I10"]
 

@@ -81,12 +81,20 @@ class AutomationRegistry:
 
     def current(self) -> AutomationConfig:
         """The active snapshot; another process's activation shows within REFRESH_SECONDS."""
-        if time.monotonic() - self._checked_at < self._refresh:
-            return self._config
+        config = self.fresh()
+        if config is not None:
+            return config
         with self._lock:
             if time.monotonic() - self._checked_at >= self._refresh:
                 self._reload()
             return self._config
+
+    def fresh(self) -> AutomationConfig | None:
+        """The active snapshot if it is not due to be checked again, else None: for
+        callers that must not wait on the database (an event loop)."""
+        if time.monotonic() - self._checked_at < self._refresh:
+            return self._config
+        return None
 
     def invalidate(self) -> None:
         self._checked_at = float("-inf")

@@ -23,10 +23,12 @@ from careloop.api.schemas import (
     UpdateIn,
 )
 from careloop.api.security import CurrentActor
+from careloop.domain.access import Actor
 from careloop.domain.case import Case
 from careloop.domain.errors import CareloopError, FieldProblem, InvalidInput, PayloadTooLarge
 from careloop.domain.workflow import Workflow
 from careloop.services import attachments, cases, queries
+from careloop.services.automation_registry import AutomationRegistry
 from careloop.services.cases import IntakeRequest
 from careloop.services.deps import Deps
 from careloop.services.recording import record_refusal
@@ -46,6 +48,22 @@ def _deps(request: Request) -> Deps:
 def _blocking(request: Request) -> BlockingPool:
     blocking: BlockingPool = request.app.state.blocking
     return blocking
+
+
+def _present(request: Request, case: Case, workflow: Workflow, actor: Actor) -> dict[str, Any]:
+    registry: AutomationRegistry = request.app.state.automation
+    return present_case(case, workflow, actor, registry.current().calendar_for(case.clinic))
+
+
+async def _present_async(
+    request: Request, case: Case, workflow: Workflow, actor: Actor
+) -> dict[str, Any]:
+    """As _present, reading the active calendars off the loop when they are due a check."""
+    registry: AutomationRegistry = request.app.state.automation
+    config = registry.fresh()
+    if config is None:
+        config = await _blocking(request).run(registry.current)
+    return present_case(case, workflow, actor, config.calendar_for(case.clinic))
 
 
 async def _workflow_of(request: Request, case: Case) -> Workflow:
@@ -74,7 +92,8 @@ async def create_referral(
     headers = {"Location": f"/api/v1/referrals/{case.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    return JsonResponse(present_case(case, workflow, actor), status_code=201, headers=headers)
+    body = await _present_async(request, case, workflow, actor)
+    return JsonResponse(body, status_code=201, headers=headers)
 
 
 @router.get("", summary="List and search referrals (work queue)")
@@ -113,14 +132,15 @@ def list_referrals(
 @router.get("/{case_id}", summary="Get one referral")
 def get_referral(request: Request, actor: CurrentActor, case_id: int) -> Any:
     case, workflow = queries.get_case(_deps(request), actor, case_id)
-    return present_case(case, workflow, actor)
+    return _present(request, case, workflow, actor)
 
 
 @router.patch("/{case_id}", summary="Change fields of an open referral")
 def update_referral(request: Request, actor: CurrentActor, case_id: int, body: UpdateIn) -> Any:
     deps = _deps(request)
     case = cases.update_case(deps, actor, case_id, body.version, body.changes)
-    return present_case(case, deps.workflows.get(case.workflow_key, case.workflow_version), actor)
+    workflow = deps.workflows.get(case.workflow_key, case.workflow_version)
+    return _present(request, case, workflow, actor)
 
 
 @router.post("/{case_id}/transitions", summary="Move a referral along its workflow")
@@ -131,7 +151,8 @@ def transition_referral(
     case = cases.transition_case(
         deps, actor, case_id, body.transition, body.version, body.reason, body.changes
     )
-    return present_case(case, deps.workflows.get(case.workflow_key, case.workflow_version), actor)
+    workflow = deps.workflows.get(case.workflow_key, case.workflow_version)
+    return _present(request, case, workflow, actor)
 
 
 @router.post("/transitions", summary="Move several referrals in one transaction")
@@ -144,7 +165,7 @@ def transition_referrals(request: Request, actor: CurrentActor, body: BulkTransi
     for item, result in zip(body.items, cases.transition_cases(deps, actor, moves), strict=True):
         if isinstance(result, Case):
             workflow = deps.workflows.get(result.workflow_key, result.workflow_version)
-            referral = present_case(result, workflow, actor)
+            referral = _present(request, result, workflow, actor)
             results.append({"id": item.id, "status": 200, "referral": referral})
             continue
         instance = f"/api/v1/referrals/{item.id}/transitions"
@@ -165,7 +186,8 @@ def transition_referrals(request: Request, actor: CurrentActor, body: BulkTransi
 def assign_referral(request: Request, actor: CurrentActor, case_id: int, body: AssignIn) -> Any:
     deps = _deps(request)
     case = cases.assign_case(deps, actor, case_id, body.version, body.assignee)
-    return present_case(case, deps.workflows.get(case.workflow_key, case.workflow_version), actor)
+    workflow = deps.workflows.get(case.workflow_key, case.workflow_version)
+    return _present(request, case, workflow, actor)
 
 
 @router.get("/{case_id}/history", summary="Status history")
