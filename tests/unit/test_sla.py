@@ -95,6 +95,13 @@ def test_ladder_built_in_code_must_rise_step_by_step() -> None:
         )
 
 
+def test_ladder_built_in_code_must_not_repeat_a_step_name() -> None:
+    with pytest.raises(ValueError, match="'warn': the name is used by an earlier step"):
+        EscalationLadder(
+            (EscalationStep("warn", 0.75, "notify"), EscalationStep("warn", 1.0, "reassign"))
+        )
+
+
 def _build(text: str, at: tuple[str | int, ...] = ()) -> EscalationLadder:
     data, lines = parse_with_lines(text, "ladder.yaml")
     for key in at:

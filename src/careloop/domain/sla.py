@@ -67,7 +67,12 @@ def _ladder_problems(steps: tuple[EscalationStep, ...]) -> list[str]:
     if not steps:
         problems.append("it needs at least one step")
     previous = 0.0
+    names: set[str] = set()
     for step in steps:
+        # A step's name keys its timer: two alike would share one timer.
+        if step.name in names:
+            problems.append(f"step {step.name!r}: the name is used by an earlier step")
+        names.add(step.name)
         if not math.isfinite(step.fraction) or step.fraction <= previous:
             problems.append(f"step {step.name!r}: fraction {step.fraction} must exceed {previous}")
         if step.action not in ACTIONS:
