@@ -1,6 +1,9 @@
 """A CEL condition converts only the case fields it reads; it must decide exactly as if
 it saw the whole case, and convert the whole case whenever it cannot tell."""
 
+import random
+import sys
+import threading
 from datetime import UTC, datetime
 
 import cel
@@ -167,16 +170,86 @@ def test_a_condition_on_the_age_of_the_case_is_evaluated_every_time(
     assert len(executed) == 1
 
 
-def test_a_full_verdict_memory_forgets_its_oldest_quarter(monkeypatch: pytest.MonkeyPatch) -> None:
+def _held() -> int:
+    """The memory's entries counted afresh: each set of values and each verdict in it."""
+    return sum(1 + len(bucket) for bucket in cel_conditions._VERDICTS.values())
+
+
+def _with_open_tasks(tasks: int) -> dict[str, object]:
+    activation = _activation()
+    case = activation["case"]
+    assert isinstance(case, dict)
+    case["open_tasks"] = tasks
+    return activation
+
+
+def test_a_full_verdict_memory_forgets_its_oldest_sets_until_a_quarter_is_free(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    condition = compile_condition("case.open_tasks == 1", FIELDS)  # a trial remembered
+    cel_conditions.forget_verdicts()
     monkeypatch.setattr(cel_conditions, "MAX_VERDICTS", 8)
-    monkeypatch.setattr(cel_conditions, "_VERDICTS", {})
-    condition = compile_condition("case.open_tasks == 1", FIELDS)
-    for tasks in range(20):
-        activation = _activation()
-        case = activation["case"]
-        assert isinstance(case, dict)
-        case["open_tasks"] = tasks
-        assert condition.evaluate(activation) is (tasks == 1)
-    remembered = [key[1] for key in cel_conditions._VERDICTS]  # (names, open_tasks)
-    assert len(remembered) <= 8
-    assert remembered == sorted(remembered) and remembered[-1] == (int, 19)
+    for tasks in range(21):  # a set of values and its one verdict: two entries each
+        assert condition.evaluate(_with_open_tasks(tasks)) is (tasks == 1)
+        assert cel_conditions._held == _held() <= 8
+    # The sets for 0..17 went two at a time, oldest first (emptying all would keep 20).
+    assert [key[1] for key in cel_conditions._VERDICTS] == [(int, 18), (int, 19), (int, 20)]
+    cel_conditions.forget_verdicts()
+
+
+def test_the_memory_counts_every_verdict_not_only_the_sets_of_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Many conditions read on one set of values fill it as much as many sets do."""
+    conditions = [compile_condition(f"case.open_tasks == {k}", FIELDS) for k in range(12)]
+    cel_conditions.forget_verdicts()
+    monkeypatch.setattr(cel_conditions, "MAX_VERDICTS", 8)
+    for _ in range(2):  # the second round finds some verdicts forgotten, and is still right
+        activation = _with_open_tasks(3)
+        for k, condition in enumerate(conditions):
+            assert condition.evaluate(activation) is (k == 3)
+            assert cel_conditions._held == _held() <= 8
+    cel_conditions.forget_verdicts()
+
+
+def test_threads_sharing_a_full_memory_get_right_verdicts_and_no_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker's threads and the web app's evaluate at once, and the memory is
+    full all the time here: forgetting must not trip a thread that is adding."""
+    cel_conditions.forget_verdicts()
+    monkeypatch.setattr(cel_conditions, "MAX_VERDICTS", 64)
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    conditions = [
+        compile_condition(f"case.open_tasks == {k} || case.clinic == 'c{k}'", FIELDS)
+        for k in range(20)
+    ]
+    problems: list[object] = []
+
+    def evaluate_many(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(3000):
+                tasks, clinic = rng.randrange(300), f"c{rng.randrange(30)}"
+                activation = _with_open_tasks(tasks)
+                case = activation["case"]
+                assert isinstance(case, dict)
+                case["clinic"] = clinic
+                for k in rng.sample(range(20), 4):
+                    if conditions[k].evaluate(activation) != (tasks == k or clinic == f"c{k}"):
+                        problems.append((tasks, clinic, k))
+        except Exception as error:  # what the test is for: none may escape
+            problems.append(error)
+
+    threads = [threading.Thread(target=evaluate_many, args=(seed,)) for seed in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(previous)
+    assert problems == []
+    assert cel_conditions._held == _held() <= 64
+    cel_conditions.forget_verdicts()

@@ -1,6 +1,7 @@
 """Work an event shares between rules: the scope index, equal triggers, equal conditions."""
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -153,6 +154,15 @@ def test_candidates_are_remembered_per_scope_and_the_memory_is_bounded(
     assert len(rules._found) <= 3
     north = rules.candidates(TriggerKind.TRANSITIONED, ("clinical_triage",), "cardiology", "north")
     assert [r.key for r in north] == ["general", "north"]
+
+
+def test_a_rule_set_copied_with_other_rules_finds_its_own_candidates() -> None:
+    rules = RuleSet(key="r", version=1, case_type="referral", rules=(_rule("a", 0, TO_TRIAGE),))
+    found = rules.candidates(TriggerKind.TRANSITIONED, ("clinical_triage",), "x", "north")
+    assert [r.key for r in found] == ["a"]
+    other = replace(rules, rules=(_rule("b", 0, TO_TRIAGE),))
+    found = other.candidates(TriggerKind.TRANSITIONED, ("clinical_triage",), "x", "north")
+    assert [r.key for r in found] == ["b"]
 
 
 def test_equal_conditions_are_evaluated_once_per_activation() -> None:

@@ -7,7 +7,6 @@ operator/type mismatches before a definition can load.
 
 from __future__ import annotations
 
-import itertools
 import re
 import threading
 from collections.abc import Mapping
@@ -33,25 +32,31 @@ MAX_EXPRESSION_LENGTH = 2000
 # library costs ~10 us a call in the relay and reading the verdict back under one.
 # Keyed this way, an event works out the key of each set of fields once, and each
 # condition then costs one lookup by its text. Conditions on a time-derived field are
-# not remembered: their inputs never come again. Bounded: when full, the oldest quarter
-# of the sets goes, not the whole (emptying it made the next events miss all at once).
+# not remembered: their inputs never come again.
+#
+# Bounded: at most MAX_VERDICTS entries, a set of values and each verdict in it counting
+# one. When full, the oldest sets go until a quarter is free, not the whole (emptying
+# it made the next events miss all at once). Reads take no lock; changes take _WRITING,
+# as the worker's threads and the web app's share the memory.
 Bucket = dict[str, bool]
 _VERDICTS: dict[tuple[object, ...], Bucket] = {}
-MAX_VERDICTS = 16_384  # sets of input values
+MAX_VERDICTS = 65_536
+_WRITING = threading.Lock()
+_held = 0  # entries in _VERDICTS, sets and verdicts
 _ABSENT = object()  # a field the case does not have: has() and errors depend on it
 
 
 class _Prepared(threading.local):
     """What was worked out for the activation evaluated last, per thread: its CEL
-    contexts by the case fields they hold, and its buckets of remembered verdicts by the
-    fields a condition reads. The library converts a Python dict into CEL values on
-    every call; an event's rules all see the same activation, so converting it once per
-    set of fields makes each further condition nearly free, and conditions written from
-    one pattern (the same fields, other constants) share one bucket."""
+    contexts by the case fields they hold, and its sets of remembered verdicts (with
+    their keys) by the fields a condition reads. The library converts a Python dict into
+    CEL values on every call; an event's rules all see the same activation, so converting
+    it once per set of fields makes each further condition nearly free, and conditions
+    written from one pattern (the same fields, other constants) share one set."""
 
     activation: object = None
     contexts: dict[frozenset[str] | None, Any]
-    buckets: dict[tuple[str, ...], Bucket | None]
+    buckets: dict[tuple[str, ...], tuple[tuple[object, ...], Bucket] | None]
 
     def __init__(self) -> None:
         self.contexts = {}
@@ -84,27 +89,63 @@ def _context_for(activation: Mapping[str, object], fields: frozenset[str] | None
     return context
 
 
-def _bucket_for(activation: Mapping[str, object], names: tuple[str, ...]) -> Bucket | None:
-    """The remembered verdicts of conditions reading ``names`` on these values, or None
-    when one of the values has no exact stand-in."""
+def _bucket_for(
+    activation: Mapping[str, object], names: tuple[str, ...]
+) -> tuple[tuple[object, ...], Bucket] | None:
+    """The key and the remembered verdicts of conditions reading ``names`` on these
+    values, or None when one of the values has no exact stand-in."""
     buckets = _prepared_for(activation).buckets
     if names in buckets:
         return buckets[names]
     inputs = _input_keys(activation, names)
-    bucket = None
+    found = None
     if inputs is not None:
         bucket = _VERDICTS.get(inputs)
         if bucket is None:
-            if len(_VERDICTS) >= MAX_VERDICTS:
-                _forget_oldest(MAX_VERDICTS // 4)
+            bucket = _add_bucket(inputs)
+        found = (inputs, bucket)
+    buckets[names] = found
+    return found
+
+
+def _add_bucket(inputs: tuple[object, ...]) -> Bucket:
+    global _held
+    with _WRITING:
+        bucket = _VERDICTS.get(inputs)
+        if bucket is None:
             bucket = _VERDICTS[inputs] = {}
-    buckets[names] = bucket
-    return bucket
+            _held += 1
+            _keep_bounded()
+        return bucket
 
 
-def _forget_oldest(count: int) -> None:
-    for key in list(itertools.islice(_VERDICTS, count)):  # a dict keeps insertion order
-        _VERDICTS.pop(key, None)
+def _remember(inputs: tuple[object, ...], bucket: Bucket, source: str, verdict: bool) -> None:
+    global _held
+    with _WRITING:
+        # A set forgotten since it was found is not written to: it would not be counted.
+        if _VERDICTS.get(inputs) is bucket and source not in bucket:
+            bucket[source] = verdict
+            _held += 1
+            _keep_bounded()
+
+
+def _keep_bounded() -> None:
+    """With _WRITING held: forget the oldest sets until a quarter of the room is free."""
+    global _held
+    if _held <= MAX_VERDICTS:
+        return
+    for key in list(_VERDICTS):  # a dict keeps insertion order; the copy is one C call
+        if _held <= MAX_VERDICTS * 3 // 4:
+            break
+        _held -= 1 + len(_VERDICTS.pop(key))
+
+
+def forget_verdicts() -> None:
+    """Empty the memory (tests that change its size start from nothing)."""
+    global _held
+    with _WRITING:
+        _VERDICTS.clear()
+        _held = 0
 
 
 def _input_keys(
@@ -167,9 +208,9 @@ class CelCondition:
     def evaluate(self, activation: Mapping[str, object]) -> bool:
         """Evaluate against ``activation``; callers must not mutate an activation they
         have evaluated with (it is converted once and reused while it is the latest)."""
-        bucket = None if self._names is None else _bucket_for(activation, self._names)
-        if bucket is not None:
-            known = bucket.get(self.source)
+        found = None if self._names is None else _bucket_for(activation, self._names)
+        if found is not None:
+            known = found[1].get(self.source)
             if known is not None:
                 return known
         try:
@@ -178,8 +219,8 @@ class CelCondition:
             raise ConditionError(f"{type(error).__name__}: {error}") from error
         if not isinstance(result, bool):
             raise ConditionError(f"condition returned {type(result).__name__}, not bool")
-        if bucket is not None:
-            bucket[self.source] = result
+        if found is not None:
+            _remember(found[0], found[1], self.source, result)
         return result
 
 

@@ -139,14 +139,20 @@ class RuleSet:
     templates: Mapping[str, Template] = field(default_factory=dict)
     supervisors: Mapping[str, str] = field(default_factory=dict)  # clinic -> username
     source: str = ""
+    # Worked out from the rules when built (init=False: a copy made with replace() works
+    # its own out rather than sharing these).
     # (trigger kind, discriminator, specialty, clinic) -> rules; ANY where unscoped
-    _index: dict[tuple[str, str, str, str], list[Rule]] = field(default_factory=dict, repr=False)
-    _timer_rules: tuple[Rule, ...] = field(default=(), repr=False)
-    _triggers: set[tuple[str, str]] = field(default_factory=set, repr=False)
+    _index: dict[tuple[str, str, str, str], list[Rule]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _timer_rules: tuple[Rule, ...] = field(default=(), init=False, repr=False, compare=False)
+    _triggers: set[tuple[str, str]] = field(
+        default_factory=set, init=False, repr=False, compare=False
+    )
     # What candidates() found, by its arguments: a rule set never changes once built,
     # and events repeat the same few kinds, states, specialties and clinics.
     _found: dict[tuple[str, tuple[str, ...], str, str], tuple[Rule, ...]] = field(
-        default_factory=dict, repr=False, compare=False
+        default_factory=dict, init=False, repr=False, compare=False
     )
 
     def __post_init__(self) -> None:
