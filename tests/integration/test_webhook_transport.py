@@ -311,6 +311,19 @@ def test_a_redirect_is_reported_and_never_followed(
     assert "redirects are not followed" in decision.reason
 
 
+def test_a_cookie_set_by_a_receiver_is_never_sent_back(
+    sender: WebhookSender, receiver: Receiver
+) -> None:
+    """Deliveries carry no state between them: a cookie a receiver sets is not kept."""
+    receiver.route("/hooks", respond(204, headers={"Set-Cookie": "session=abc; Path=/"}))
+
+    first = sender.send(receiver.url_for("/hooks"), BODY, {})
+    second = sender.send(receiver.url_for("/hooks"), BODY, {})
+
+    assert (first.status_code, second.status_code) == (204, 204)
+    assert [request.headers.get("cookie") for request in receiver.requests] == [None, None]
+
+
 def test_a_connection_reset_is_a_network_error(sender: WebhookSender, receiver: Receiver) -> None:
     receiver.route("/reset", reset_connection())
 

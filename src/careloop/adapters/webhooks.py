@@ -15,6 +15,7 @@ names the Host header, the TLS SNI and the certificate check.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -196,9 +197,15 @@ def check_target(url: str, allow_private: bool, *, resolve: Resolver = system_re
     _refuse_inward(host, addresses, allow_private)
 
 
+@functools.lru_cache(maxsize=1024)
+def _parsed(url: str) -> httpx.URL:
+    """A subscription's URL parsed once, not twice per delivery (httpx.URL is immutable)."""
+    return httpx.URL(url)
+
+
 def _target(url: str) -> tuple[str, int]:
     try:
-        parsed = httpx.URL(url)
+        parsed = _parsed(url)
     except httpx.InvalidURL as error:
         raise TargetRefused(f"invalid URL: {error}") from error
     if parsed.scheme not in ("http", "https"):
@@ -393,6 +400,7 @@ class WebhookSender:
         self._clock = clock or SystemClock()
         limits = limits or httpx.Limits(max_connections=100, keepalive_expiry=30.0)
         transport = _PinnedTransport(_PinnedBackend(allow_private, resolve), verify, limits)
+        self._transport = transport
         self._client = httpx.Client(
             transport=transport,
             timeout=timeout,
@@ -427,8 +435,11 @@ class WebhookSender:
         self, url: str, body: bytes, headers: Mapping[str, str], started: float
     ) -> Attempt:
         _target(url)  # scheme and credentials are refused before any I/O
-        request = self._client.build_request("POST", url, content=body, headers=headers)
-        response = self._client.send(request, stream=True)
+        request = self._client.build_request("POST", _parsed(url), content=body, headers=headers)
+        # Straight to the transport: of what the client's send adds, redirects are not
+        # followed and there is no auth, and its cookie jar sent a receiver's cookies back
+        # with later deliveries; skipping it saves a fifth of a delivery's time.
+        response = self._transport.handle_request(request)
         try:
             body_error = self._drain(response)
         finally:
