@@ -473,6 +473,7 @@ def run_spread(spread: str, sizes: tuple[int, ...], events: int, warmup: int) ->
     workflow = _workflow()
     built: dict[int, tuple[list[Any], list[Sample]]] = {}
     documents: dict[int, tuple[dict[str, Any], dict[str, Lambda]]] = {}
+    stored_bytes: dict[int, int] = {}  # dumping 10,000 rules as YAML takes seconds: once
     print(f"-- spread '{spread}': {events:,} events per size --")
     for size in sizes:
         clinics, clinic_share = clinics_for(spread, size)
@@ -482,7 +483,7 @@ def run_spread(spread: str, sizes: tuple[int, ...], events: int, warmup: int) ->
         load = time.perf_counter() - t0
         timer_keys = [r.key for r in rulesets[0].timer_rules()] or ["none"]
         built[size] = rulesets, generate_events(events, clinics, workflow, timer_keys, seed=7)
-        nbytes = yaml_size(documents[size][0])
+        nbytes = stored_bytes[size] = yaml_size(documents[size][0])
         fits = "fits" if nbytes <= MAX_DEFINITION_BYTES else "exceeds"
         c.line(f"{size:,} rules, {len(clinics)} clinics",
                f"built + compiled in {load:.2f} s; as YAML {nbytes / 1e6:.2f} MB "
@@ -495,8 +496,8 @@ def run_spread(spread: str, sizes: tuple[int, ...], events: int, warmup: int) ->
         report(f"{size:,} rules", figures[size])
         c.line("   + timer_rules() scan per transition event, CPU",
                f"{timer_scan_us(rulesets):.0f} us (replan_state_timers; O(rules))")
-        if yaml_size(document) > MAX_DEFINITION_BYTES:
-            parts = -(-yaml_size(document) // (MAX_DEFINITION_BYTES * 9 // 10))
+        if stored_bytes[size] > MAX_DEFINITION_BYTES:
+            parts = -(-stored_bytes[size] // (MAX_DEFINITION_BYTES * 9 // 10))
             split = build_rulesets(document, workflow, parts)
             step = careloop_step(split)
             for s in samples[:warmup]:

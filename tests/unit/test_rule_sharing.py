@@ -49,41 +49,40 @@ def _case(**data: object) -> Case:
     )
 
 
+def _ruleset(*rules: Rule) -> RuleSet:
+    return RuleSet(key="r", version=1, case_type="referral", rules=rules)
+
+
 TO_TRIAGE = Trigger(TriggerKind.TRANSITIONED, to_states=frozenset({"clinical_triage"}))
 
 
 def test_candidates_are_the_rules_in_the_case_scope_in_definition_order() -> None:
-    rules = RuleSet(
-        key="r",
-        version=1,
-        case_type="referral",
-        rules=(
-            _rule("general", 0, TO_TRIAGE),
-            _rule("north", 1, TO_TRIAGE, clinics=frozenset({"north"})),
-            _rule("south", 2, TO_TRIAGE, clinics=frozenset({"south"})),
-            _rule(
-                "north-cardio",
-                3,
-                TO_TRIAGE,
-                clinics=frozenset({"north", "east"}),
-                specialties=frozenset({"cardiology"}),
-            ),
-            _rule(
-                "north-neuro",
-                4,
-                TO_TRIAGE,
-                clinics=frozenset({"north"}),
-                specialties=frozenset({"neurology"}),
-            ),
-            Rule(
-                "north-instead",
-                "x",
-                5,
-                TO_TRIAGE,
-                (),
-                clinics=frozenset({"north"}),
-                replaces="general",
-            ),
+    rules = _ruleset(
+        _rule("general", 0, TO_TRIAGE),
+        _rule("north", 1, TO_TRIAGE, clinics=frozenset({"north"})),
+        _rule("south", 2, TO_TRIAGE, clinics=frozenset({"south"})),
+        _rule(
+            "north-cardio",
+            3,
+            TO_TRIAGE,
+            clinics=frozenset({"north", "east"}),
+            specialties=frozenset({"cardiology"}),
+        ),
+        _rule(
+            "north-neuro",
+            4,
+            TO_TRIAGE,
+            clinics=frozenset({"north"}),
+            specialties=frozenset({"neurology"}),
+        ),
+        Rule(
+            "north-instead",
+            "x",
+            5,
+            TO_TRIAGE,
+            (),
+            clinics=frozenset({"north"}),
+            replaces="general",
         ),
     )
     found = rules.candidates(TriggerKind.TRANSITIONED, ("clinical_triage",), "cardiology", "north")
@@ -98,15 +97,12 @@ def test_candidates_are_the_rules_in_the_case_scope_in_definition_order() -> Non
 def test_rules_with_equal_triggers_share_one_trigger_test() -> None:
     before = CountingCondition("case.urgency == 'routine'", "urgency", "routine")
     changed = Trigger(TriggerKind.FIELD_CHANGED, field="urgency", before=before)
-    rules = RuleSet(
-        key="r",
-        version=1,
-        case_type="referral",
+    rules = _ruleset(
         # Equal, not identical: the rule set makes them one object.
-        rules=tuple(
+        *(
             _rule(f"r{i}", i, Trigger(TriggerKind.FIELD_CHANGED, field="urgency", before=before))
             for i in range(5)
-        ),
+        )
     )
     assert len({id(r.trigger) for r in rules.rules}) == 1
     assert rules.rules[0].trigger == changed
@@ -136,14 +132,9 @@ def test_candidates_are_remembered_per_scope_and_the_memory_is_bounded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(rules_module, "MAX_REMEMBERED_CANDIDATES", 3)
-    rules = RuleSet(
-        key="r",
-        version=1,
-        case_type="referral",
-        rules=(
-            _rule("general", 0, TO_TRIAGE),
-            _rule("north", 1, TO_TRIAGE, clinics=frozenset({"north"})),
-        ),
+    rules = _ruleset(
+        _rule("general", 0, TO_TRIAGE),
+        _rule("north", 1, TO_TRIAGE, clinics=frozenset({"north"})),
     )
     north = rules.candidates(TriggerKind.TRANSITIONED, ("clinical_triage",), "cardiology", "north")
     again = rules.candidates(TriggerKind.TRANSITIONED, ("clinical_triage",), "cardiology", "north")
@@ -157,7 +148,7 @@ def test_candidates_are_remembered_per_scope_and_the_memory_is_bounded(
 
 
 def test_a_rule_set_copied_with_other_rules_finds_its_own_candidates() -> None:
-    rules = RuleSet(key="r", version=1, case_type="referral", rules=(_rule("a", 0, TO_TRIAGE),))
+    rules = _ruleset(_rule("a", 0, TO_TRIAGE))
     found = rules.candidates(TriggerKind.TRANSITIONED, ("clinical_triage",), "x", "north")
     assert [r.key for r in found] == ["a"]
     other = replace(rules, rules=(_rule("b", 0, TO_TRIAGE),))
