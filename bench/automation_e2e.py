@@ -46,6 +46,11 @@ UPDATEd again, the old SLA timers cancelled and new ones COPYed, tasks, rule run
 rows and events COPYed, the move's events marked published). No rule, hash, JSON or
 check is computed: what is left of careloop's time above it is its own work, and where it
 is near 1 s the target is out of this machine's reach for any code writing these rows.
+
+Rounds (PostgreSQL; default 5): the whole of the above, setup included, on fresh schemas
+each time. This machine's speed drifts by half from one minute to the next, the raw
+baseline's with it, so one round samples a moment: every round is printed with the loop
+time and raw figure of its moment, and the target is judged on the median round.
 """
 
 from __future__ import annotations
@@ -702,7 +707,9 @@ def raw_sqlite_copy(path: Path, target: Path) -> None:
 
 
 def report(ours: dict[str, Any], raw: dict[str, Any], referrals: int, threads: int,
-           relays: str, backend: str, single: bool) -> None:
+           relays: str, backend: str, single: bool, judge: bool = True) -> None:
+    """One run's figures; ``judge``: with the target's verdict (PostgreSQL gives its
+    verdict on the median of its rounds instead)."""
     how = "one per call" if single else f"bulk moves of {BULK}"
     c.line(f"careloop: {referrals:,} transitions ({how}), {threads} threads",
            f"{ours['transitions']:.2f} s  ({c.latency_ms(ours['latencies'])})")
@@ -714,8 +721,11 @@ def report(ours: dict[str, Any], raw: dict[str, Any], referrals: int, threads: i
                f"{claims[1]:.2f} s ({claims[0]} claims, slowest {claims[2]:.2f} s)")
         c.line("   in relay: SAVEPOINT statements",
                f"{savepoints[1]:.2f} s ({savepoints[0]:,}; RELEASE not counted)")
-    c.target_line("careloop total, target < 1 s", ours["total"] < 1.0,
-                  f"{ours['total']:.2f} s")
+    if judge:
+        c.target_line("careloop total, target < 1 s", ours["total"] < 1.0,
+                      f"{ours['total']:.2f} s")
+    else:
+        c.line("careloop total", f"{ours['total']:.2f} s")
     c.line("   CPU it used (core-seconds)", _cpu_text(ours["cpu"], ours["total"]))
     written = ", ".join(f"{t} {n:,}" for t, n in ours["written"].items() if n)
     c.line("   rows careloop wrote (net)", written)
@@ -742,14 +752,10 @@ def _cpu_text(cpu: dict[str, Any], wall: float) -> str:
             f"{100 * used / (wall * cores):.0f} % of {cores} CPUs over the run")
 
 
-def bench_postgres(referrals: int, threads: int, relay_threads: int,
-                   relay_batch: int | None, single: bool, relay_processes: int) -> None:
-    print(f"-- PostgreSQL: {referrals:,} referrals, {RULE_COUNT} rules on "
-          "documentation_review --")
-    problem = c.pg_problem()
-    if problem:
-        print(f"   skipped: PostgreSQL unreachable ({problem})")
-        return
+def postgres_round(referrals: int, threads: int, relay_threads: int, relay_batch: int | None,
+                   single: bool, relay_processes: int) -> dict[str, Any]:
+    """One round on fresh schemas: careloop, then raw and floor on copies of its tables."""
+    speed = c.python_speed()
     with c.pg_schema("bench_e2e") as url:
         app, cases = setup_careloop(url, referrals, threads)
         try:
@@ -762,9 +768,37 @@ def bench_postgres(referrals: int, threads: int, relay_threads: int,
                 floor = run_floor_pg(floor_url, cases, threads, ours["written"])
         finally:
             app.engine.dispose()
+    return {"ours": ours, "raw": raw, "floor": floor, "problems": problems, "speed": speed}
+
+
+def bench_postgres(referrals: int, threads: int, relay_threads: int,
+                   relay_batch: int | None, single: bool, relay_processes: int,
+                   rounds: int) -> None:
+    print(f"-- PostgreSQL: {referrals:,} referrals, {RULE_COUNT} rules on "
+          f"documentation_review, {rounds} round(s) --")
+    problem = c.pg_problem()
+    if problem:
+        print(f"   skipped: PostgreSQL unreachable ({problem})")
+        return
+    # Each round on fresh schemas. A shared machine's speed drifts from minute to minute
+    # (the loop time and the raw baseline show it): one round is a sample of that moment,
+    # the median round is the figure, and every round is printed.
+    results = [postgres_round(referrals, threads, relay_threads, relay_batch, single,
+                              relay_processes) for _ in range(rounds)]
+    for n, result in enumerate(results, 1):
+        ours, raw, floor = result["ours"], result["raw"], result["floor"]
+        c.line(f"round {n}: careloop total (loop {result['speed']:.2f} s)",
+               f"{ours['total']:.2f} s; raw {raw['total']:.2f} s "
+               f"({ours['total'] / raw['total']:.2f}x), floor {floor['total']:.2f} s "
+               f"({ours['total'] / floor['total']:.2f}x)"
+               + ("" if not result["problems"] else "; EFFECTS MISSING"))
+    totals = [result["ours"]["total"] for result in results]
+    middle = sorted(results, key=lambda result: result["ours"]["total"])[(rounds - 1) // 2]
+    print(f"   the median round{' (the lower middle: an even count)' if rounds % 2 == 0 else ''}:")
+    ours, raw, floor = middle["ours"], middle["raw"], middle["floor"]
     relays = (f"{relay_processes} worker processes running throughout" if relay_processes
               else f"{relay_threads} threads started after them")
-    report(ours, raw, referrals, threads, relays, "psycopg", single)
+    report(ours, raw, referrals, threads, relays, "psycopg", single, judge=False)
     per = ", ".join(f"{t} {n}" for t, n in floor["per"].items())
     c.line("floor: careloop's rows by hand, batched alike",
            f"{floor['total']:.2f} s  (per referral: {per})")
@@ -773,7 +807,14 @@ def bench_postgres(referrals: int, threads: int, relay_threads: int,
                f"this process {floor['client']:.2f}, PostgreSQL {floor['postgres']:.2f}")
     c.ratio_line("ratio careloop / floor (total time)", ours["total"], floor["total"],
                  higher_is_better=False, baseline_name="floor")
-    c.line("   effects check", "; ".join(problems) if problems else "all rule effects present")
+    missing = [f"round {n}: {'; '.join(r['problems'])}"
+               for n, r in enumerate(results, 1) if r["problems"]]
+    c.line("   effects check", " | ".join(missing) if missing else
+           f"all rule effects present in {'every round' if rounds > 1 else 'the round'}")
+    met = sum(total < 1.0 for total in totals)
+    c.target_line(f"careloop total, median of {rounds}, target < 1 s", ours["total"] < 1.0,
+                  f"{ours['total']:.2f} s (under 1 s in {met} of {rounds} rounds; "
+                  f"{min(totals):.2f}-{max(totals):.2f} s)")
 
 
 def bench_sqlite(referrals: int, threads: int, relay_threads: int,
@@ -806,6 +847,9 @@ def main() -> None:
     parser.add_argument("--relay-threads", type=int, default=2)
     parser.add_argument("--relay-batch", type=int, default=None,
                         help="events per relay batch (default: the worker's)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="PostgreSQL: rounds on fresh schemas, the median reported "
+                             "(default 5; 1 with --quick)")
     parser.add_argument("--single", action="store_true",
                         help="one transition_case per referral instead of bulk moves")
     args = c.parse_args(__doc__, parser)
@@ -814,7 +858,7 @@ def main() -> None:
     c.line("machine: a pure-Python loop of 10 M additions", f"{c.python_speed():.2f} s")
     if args.backend in ("postgres", "both"):
         bench_postgres(referrals, args.threads, args.relay_threads, args.relay_batch,
-                       args.single, args.relay_processes)
+                       args.single, args.relay_processes, args.rounds or (1 if args.quick else 5))
     if args.backend in ("sqlite", "both"):
         bench_sqlite(referrals, args.threads, args.relay_threads, args.relay_batch, args.single)
 

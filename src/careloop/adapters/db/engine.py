@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -26,6 +27,7 @@ def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
         echo=echo,
         pool_reset_on_return=None,
         json_serializer=json_text,
+        json_deserializer=json_value,
     )
 
 
@@ -37,6 +39,7 @@ def _sqlite_engine(url: str, echo: bool) -> Engine:
         max_overflow=8,
         connect_args={"check_same_thread": False, "timeout": 30},
         json_serializer=json_text,
+        json_deserializer=json_value,
     )
 
     @event.listens_for(engine, "connect")
@@ -77,3 +80,21 @@ def json_text(value: Any) -> str:
         return orjson.dumps(value).decode()
     except TypeError:
         return json.dumps(value)
+
+
+def json_value(text: str | bytes) -> Any:
+    """A JSON column's value: orjson reads it in a fraction of json.loads' time (the
+    relay loads every case of a batch). Where the two could differ, json.loads reads
+    it, as before: orjson reads an integer past 64 bits as a float (such text has a run
+    of 19 digits or more) and refuses NaN, Infinity and lone surrogates."""
+    long_number = _LONG_NUMBER if isinstance(text, str) else _LONG_NUMBER_BYTES
+    if long_number.search(text):
+        return json.loads(text)
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
+_LONG_NUMBER = re.compile(r"[0-9]{19}")
+_LONG_NUMBER_BYTES = re.compile(rb"[0-9]{19}")
