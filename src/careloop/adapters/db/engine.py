@@ -87,8 +87,8 @@ def json_value(text: str | bytes) -> Any:
     relay loads every case of a batch). Where the two could differ, json.loads reads
     it, as before: orjson reads an integer past 64 bits as a float (such text has a run
     of 19 digits or more) and refuses NaN, Infinity and lone surrogates."""
-    long_number = _LONG_NUMBER if isinstance(text, str) else _LONG_NUMBER_BYTES
-    if long_number.search(text):
+    long = _LONG_NUMBER.search(text) if isinstance(text, str) else _LONG_BYTES.search(text)
+    if long:
         return json.loads(text)
     try:
         return orjson.loads(text)
@@ -97,4 +97,4 @@ def json_value(text: str | bytes) -> Any:
 
 
 _LONG_NUMBER = re.compile(r"[0-9]{19}")
-_LONG_NUMBER_BYTES = re.compile(rb"[0-9]{19}")
+_LONG_BYTES = re.compile(rb"[0-9]{19}")
