@@ -1,6 +1,8 @@
 """JSON columns read back what was written, on both databases, whichever JSON reader
 reads them (orjson for speed, json.loads where orjson would read differently)."""
 
+import json
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,9 +46,6 @@ def test_json_columns_read_back_what_was_written(engine: Engine) -> None:
 
 @pytest.mark.parametrize("text", [b'{"n": 123456789012345678901234567890}', "[NaN, Infinity]"])
 def test_what_orjson_reads_differently_goes_to_json_loads(text: str | bytes) -> None:
-    import json
-    import math
-
     value = json_value(text)
     expected = json.loads(text)
     if isinstance(expected, list):
